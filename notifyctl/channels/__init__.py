@@ -1,0 +1,51 @@
+"""Channel registry: one module per channel, imported only when needed.
+
+Each module defines ``validate(address) -> str`` (the normalised address, or
+``ValueError`` with a message), ``check_config(settings)`` (raises
+``ConfigError``) and ``open_channel(context) -> Channel``. Adding a channel is
+one module and one line in ``CHANNELS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from types import ModuleType
+
+from ..errors import InvalidInput
+
+CHANNELS: dict[str, str] = {
+    "telegram": "notifyctl.channels.telegram",
+    "console": "notifyctl.channels.console",
+}
+
+_TELEGRAM_SHORT = re.compile(r"-?\d+|@\w+")
+
+
+def channel_module(name: str) -> ModuleType:
+    """The module of a registered channel; ``KeyError`` for an unknown one."""
+    return importlib.import_module(CHANNELS[name])
+
+
+def parse_recipient(raw: str) -> tuple[str, str]:
+    """``--to`` value → (channel, normalised address); exit 2 when invalid."""
+    text = raw.strip()
+    if _TELEGRAM_SHORT.fullmatch(text):
+        channel, address = "telegram", text
+    elif ":" in text:
+        channel, address = text.split(":", 1)
+        channel = channel.lower()
+    else:
+        raise InvalidInput(
+            f"invalid recipient {raw!r}: use a Telegram chat id, @channel, "
+            "or CHANNEL:ADDRESS (telegram:, console:, webhook:, email:, apprise:)"
+        )
+    if channel not in CHANNELS:
+        raise InvalidInput(
+            f"invalid recipient {raw!r}: unknown channel {channel!r} "
+            f"(available: {', '.join(CHANNELS)})"
+        )
+    try:
+        return channel, channel_module(channel).validate(address)
+    except ValueError as e:
+        raise InvalidInput(f"invalid recipient {raw!r}: {e}") from e

@@ -1,0 +1,133 @@
+"""Engine factory and dialect quirks.
+
+SQLite: WAL, a busy timeout, foreign keys on, and SQLAlchemy (not pysqlite)
+in charge of BEGIN, so that write transactions start with ``BEGIN
+IMMEDIATE`` and two dispatchers can never both read the same due rows before
+either writes. Read-only work passes ``execution_options(readonly=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.engine.url import URL
+
+from .config import redact_url
+from .errors import ConfigError, DatabaseError, SchemaNotCurrent
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def normalise_url(raw: str) -> URL:
+    """Parse a database URL; ``postgresql://`` always means psycopg 3."""
+    try:
+        url = make_url(raw)
+    except exc.ArgumentError as e:
+        raise ConfigError(f"invalid database URL {redact_url(raw)!r}") from e
+    if url.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return url.set(drivername="postgresql+psycopg")
+    if url.drivername in ("sqlite", "sqlite+pysqlite"):
+        return url.set(drivername="sqlite")
+    raise ConfigError(
+        f"unsupported database URL scheme {url.drivername!r}: use sqlite:/// or postgresql://"
+    )
+
+
+def ensure_private_sqlite_file(path: Path) -> None:
+    """Create the SQLite file 0600 in a 0700 directory: it holds chat ids and addresses."""
+    if path.exists():
+        return
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o700)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise DatabaseError(f"cannot create database file {path}: {e.strerror}") from e
+
+
+def make_engine(raw_url: str, *, create_file: bool = True) -> Engine:
+    url = normalise_url(raw_url)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, create_file=create_file)
+    return create_engine(url, pool_pre_ping=False, connect_args={"connect_timeout": 10})
+
+
+def _sqlite_engine(url: URL, *, create_file: bool) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        path = Path(database).expanduser()
+        if create_file:
+            ensure_private_sqlite_file(path)
+        elif not path.exists():
+            raise SchemaNotCurrent(
+                f"database file {path} does not exist: run `notifyctl migrate`"
+            )
+        url = url.set(database=str(path))
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        readonly = conn.get_execution_options().get("readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """Turn driver errors that a user can cause into exit-4 errors."""
+    try:
+        yield
+    except (exc.OperationalError, exc.InterfaceError) as e:
+        reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
+        raise DatabaseError(f"database {redact_url(url)} is unavailable: {reason}") from e
+    except exc.ProgrammingError as e:
+        if "does not exist" in str(e.orig) or "no such table" in str(e.orig):
+            raise SchemaNotCurrent(
+                f"database {redact_url(url)} is not initialised: run `notifyctl migrate`"
+            ) from e
+        raise
+
+
+def check_schema(engine: Engine, expected: str) -> None:
+    """Exit 4 unless the database is migrated to exactly ``expected``."""
+    url = engine.url.render_as_string(hide_password=True)
+    with engine.connect().execution_options(readonly=True) as conn:
+        try:
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+        except (exc.OperationalError, exc.ProgrammingError) as e:
+            if "alembic_version" not in str(e.orig):
+                raise
+            row = None
+        conn.rollback()
+    if row is None:
+        raise SchemaNotCurrent(f"database {url} is not initialised: run `notifyctl migrate`")
+    if row[0] != expected:
+        raise SchemaNotCurrent(
+            f"database {url} is at schema {row[0]}, this notifyctl needs {expected}: "
+            "run `notifyctl migrate`"
+        )
+
+
+def is_postgres(conn: Connection | Engine) -> bool:
+    return conn.dialect.name == "postgresql"

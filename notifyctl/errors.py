@@ -1,0 +1,60 @@
+"""The error tree: every error a user can cause carries its exit code.
+
+Only ``cli.main`` turns these into ``error: …`` lines and exit codes.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, unique
+
+
+@unique
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    CONFIG = 3
+    DATABASE = 4
+
+
+class NotifyctlError(Exception):
+    """Base of every expected error; ``details`` are extra lines shown under it."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class InvalidInput(NotifyctlError):
+    """Bad options, times, recipients, files: exit 2, nothing written."""
+
+    exit_code = ExitCode.USAGE
+
+
+class NotFound(InvalidInput):
+    """A booking or reminder id that is not in the store."""
+
+
+class ConfigError(NotifyctlError):
+    """Missing or rejected credentials, bad URLs: exit 3."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class DatabaseError(NotifyctlError):
+    """Store unreachable, or its schema is not at head: exit 4."""
+
+    exit_code = ExitCode.DATABASE
+
+
+class SchemaNotCurrent(DatabaseError):
+    """The database exists but needs ``notifyctl migrate``."""
+
+
+class CheckFailed(NotifyctlError):
+    """``migrate --check`` found the database behind: exit 1 by the spec."""
+
+    exit_code = ExitCode.INTERNAL

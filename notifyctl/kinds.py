@@ -1,0 +1,78 @@
+"""The reminder-kind table: when each kind is due and until when it is useful.
+
+A new kind is one entry in ``KINDS``. Offsets such as ``start-30m`` or
+``end-10m`` are kinds too, parsed by ``parse_kind``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from .errors import InvalidInput
+from .times import parse_duration
+
+Anchor = Literal["start", "end"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    anchor: Anchor
+    offset: timedelta
+    valid_until: Anchor
+
+    def scheduled_at(self, starts_at: datetime, ends_at: datetime) -> datetime:
+        return (starts_at if self.anchor == "start" else ends_at) + self.offset
+
+    def not_after(self, starts_at: datetime, ends_at: datetime) -> datetime:
+        return starts_at if self.valid_until == "start" else ends_at
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("day_before", "start", -timedelta(hours=24), "start"),
+        Kind("hour_before", "start", -timedelta(hours=1), "start"),
+        Kind("at_start", "start", timedelta(0), "end"),
+        Kind("before_end", "end", -timedelta(minutes=5), "end"),
+    )
+}
+DEFAULT_KINDS = tuple(KINDS)
+
+_OFFSET = re.compile(r"(start|end)([+-])(\w+)")
+
+
+def parse_kind(text: str) -> Kind:
+    """A kind name from ``KINDS`` or an offset like ``start-30m`` / ``end-10m``."""
+    raw = text.strip().lower()
+    if raw in KINDS:
+        return KINDS[raw]
+    match = _OFFSET.fullmatch(raw)
+    if not match:
+        raise InvalidInput(
+            f"unknown reminder kind {text!r}: use {', '.join(KINDS)} "
+            "or an offset like start-30m, start-2d, end-10m"
+        )
+    anchor, sign, amount = match.groups()
+    try:
+        delta = parse_duration(amount)
+    except InvalidInput as e:
+        raise InvalidInput(f"invalid reminder offset {text!r}: {e.message}") from e
+    offset = -delta if sign == "-" else delta
+    valid_until: Anchor = "start" if anchor == "start" and sign == "-" else "end"
+    return Kind(f"{anchor}{sign}{amount}", anchor, offset, valid_until)  # type: ignore[arg-type]
+
+
+def parse_kinds(values: list[str] | None) -> list[Kind]:
+    """Kinds from ``--remind`` values (each may hold several, comma or space separated)."""
+    names = [n for v in values or [] for n in re.split(r"[,\s]+", v) if n]
+    if not names:
+        return [KINDS[k] for k in DEFAULT_KINDS]
+    kinds: dict[str, Kind] = {}
+    for name in names:
+        kind = parse_kind(name)
+        kinds.setdefault(kind.name, kind)
+    return list(kinds.values())
