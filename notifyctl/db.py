@@ -69,9 +69,7 @@ def _sqlite_engine(url: URL, *, create_file: bool) -> Engine:
         if create_file:
             ensure_private_sqlite_file(path)
         elif not path.exists():
-            raise SchemaNotCurrent(
-                f"database file {path} does not exist: run `notifyctl migrate`"
-            )
+            raise SchemaNotCurrent(f"database file {path} does not exist: run `notifyctl migrate`")
         url = url.set(database=str(path))
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,7 +33,9 @@ def parse_zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as e:
-        raise InvalidInput(f"unknown time zone {name!r}: use an IANA name like Europe/Berlin") from e
+        raise InvalidInput(
+            f"unknown time zone {name!r}: use an IANA name like Europe/Berlin"
+        ) from e
 
 
 def localize(naive: datetime, zone: ZoneInfo) -> datetime:
@@ -68,3 +71,11 @@ def iso_utc(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The real clock; everything below the CLI takes a ``Clock`` instead."""
+    return datetime.now(UTC)

@@ -17,6 +17,9 @@ from ..errors import InvalidInput
 CHANNELS: dict[str, str] = {
     "telegram": "notifyctl.channels.telegram",
     "console": "notifyctl.channels.console",
+    "webhook": "notifyctl.channels.webhook",
+    "email": "notifyctl.channels.email",
+    "apprise": "notifyctl.channels.apprise_channel",
 }
 
 _TELEGRAM_SHORT = re.compile(r"-?\d+|@\w+")

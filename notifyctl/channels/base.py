@@ -50,9 +50,7 @@ class SendResult:
     def retry_after_seconds(
         cls, seconds: float, error: str, http_status: int | None = None
     ) -> SendResult:
-        return cls(
-            Delivery.RETRY_AFTER, http_status=http_status, error=error, retry_after=seconds
-        )
+        return cls(Delivery.RETRY_AFTER, http_status=http_status, error=error, retry_after=seconds)
 
     @classmethod
     def failed(cls, error: str, http_status: int | None = None) -> SendResult:

@@ -1,0 +1,604 @@
+"""The command line: parse, call one use case, render. No SQL, no HTTP.
+
+``NotifyctlGroup.main`` is the one error chokepoint: expected errors become
+``error: …`` on stderr and their exit code; anything else exits 1 with a
+traceback only under ``-v`` / ``NOTIFYCTL_DEBUG``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.24 vendors its own copy of click
+    from typer._click import exceptions as click
+except ImportError:  # pragma: no cover - older typer on real click
+    from click import exceptions as click  # type: ignore[no-redef]
+
+from .config import (
+    DEFAULT_TELEGRAM_API_URL,
+    Settings,
+    default_database_url,
+    load_dotenv_file,
+    redact,
+)
+from .errors import ConfigError, ExitCode, InvalidInput, NotifyctlError
+from .render import Output, render_csv, render_json, render_json_rows, render_table
+
+__all__ = ["app", "main"]
+
+
+class NotifyctlGroup(TyperGroup):
+    """Runs a command and turns every error into one line and an exit code."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        code = run_guarded(
+            lambda: super(NotifyctlGroup, self).main(
+                argv, prog_name or "notifyctl", complete_var, standalone_mode=False, **extra
+            ),
+            debug="-v" in argv or "--verbose" in argv or bool(os.environ.get("NOTIFYCTL_DEBUG")),
+        )
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _error(message: str, details: Sequence[str] = ()) -> None:
+    print(redact(f"error: {message}"), file=sys.stderr)
+    for line in details:
+        print(redact(f"  {line}"), file=sys.stderr)
+
+
+def run_guarded(call: Any, *, debug: bool) -> int:
+    try:
+        result = call()
+    except typer.Exit as e:
+        return e.exit_code
+    except click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        _error(f"{e.format_message()}{hint}")
+        return ExitCode.USAGE
+    except click.ClickException as e:
+        _error(e.format_message())
+        return e.exit_code
+    except typer.Abort:
+        _error("aborted")
+        return 130
+    except NotifyctlError as e:
+        _error(e.message, e.details)
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        return ExitCode.INTERNAL
+    except Exception as e:  # the chokepoint: anything unexpected is a bug
+        if debug:
+            print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        _error(f"internal error: {type(e).__name__}: {e} (run with -v for a traceback)")
+        return ExitCode.INTERNAL
+    return result if isinstance(result, int) else ExitCode.OK
+
+
+app = typer.Typer(
+    cls=NotifyctlGroup,
+    name="notifyctl",
+    help="Booking reminders from cron: create, dispatch, cancel - no daemon.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# --- option bundles, defined once ------------------------------------------------------
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar=["NOTIFYCTL_DATABASE_URL", "DATABASE_URL"],
+        help="SQLAlchemy URL (sqlite:///PATH or postgresql://…); "
+        "default: notifyctl.db in the user's data dir.",
+        show_default=False,
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="More detail on stderr.")]
+TimezoneOpt = Annotated[
+    str,
+    typer.Option(
+        "--timezone", envvar="NOTIFYCTL_TIMEZONE", help="IANA zone for naive times and display."
+    ),
+]
+
+
+def _settings(database_url: str | None, **fields: Any) -> Settings:
+    settings = Settings(database_url=database_url or default_database_url(), **fields)
+    redact.add(settings.secrets())
+    return settings
+
+
+def _open(database_url: str | None) -> Any:
+    from .service import open_store
+
+    return open_store(_settings(database_url).database_url)
+
+
+@contextmanager
+def _store(database_url: str | None) -> Iterator[Any]:
+    store = _open(database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _output() -> Output:
+    return Output.from_env()
+
+
+# --- create -----------------------------------------------------------------------------
+
+
+@app.command()
+def create(
+    booking_id: Annotated[
+        str | None, typer.Argument(help="Your booking id (upsert key). Omit with --from-file.")
+    ] = None,
+    starts_at: Annotated[
+        str | None,
+        typer.Option(
+            help="Start: ISO 8601 (2026-03-01T18:00+01:00), local (2026-03-01 18:00) "
+            "or relative (+2h)."
+        ),
+    ] = None,
+    ends_at: Annotated[str | None, typer.Option(help="End, same forms as --starts-at.")] = None,
+    to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--to",
+            help="Recipient (repeatable): 123456789, -100…, @channel, "
+            "telegram:…, console:NAME, webhook:URL, email:ADDR, apprise:URL.",
+        ),
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="What the booking is, e.g. Yoga.")] = None,
+    timezone: TimezoneOpt = "UTC",
+    remind: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Kinds (repeatable): day_before, hour_before, at_start, before_end, "
+            "or offsets like start-30m, end-10m. Default: the four kinds."
+        ),
+    ] = None,
+    locale: Annotated[str | None, typer.Option(help="Language for templates, e.g. de.")] = None,
+    data: Annotated[
+        list[str] | None, typer.Option("--data", help="KEY=VALUE for templates (repeatable).")
+    ] = None,
+    reactivate: Annotated[bool, typer.Option(help="Book a cancelled booking again.")] = False,
+    from_file: Annotated[
+        str | None,
+        typer.Option(
+            "--from-file",
+            help="JSON Lines or CSV file (or - for stdin), one booking "
+            "per line, all in one transaction; options above are defaults.",
+        ),
+    ] = None,
+    json_out: JsonFlag = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create or update a booking's reminders (upsert by BOOKING_ID)."""
+    from .bookfile import parse_data_pairs, read_bookings
+    from .service import booking_input, create_bookings
+
+    output = _output()
+    pairs = parse_data_pairs(data or [])
+    with _store(database_url) as store:
+        now = store.clock()
+        if from_file is not None:
+            if booking_id is not None:
+                raise InvalidInput("give either BOOKING_ID or --from-file, not both")
+            defaults = {
+                "starts_at": starts_at,
+                "ends_at": ends_at,
+                "to": to,
+                "title": title,
+                "timezone": timezone,
+                "remind": remind,
+                "locale": locale,
+                "data": pairs or None,
+                "reactivate": reactivate,
+            }
+            with _open_input(from_file) as (stream, name):
+                inputs, lines = _read_with_progress(
+                    read_bookings, stream, name, defaults, now, output
+                )
+            results = create_bookings(store, inputs, lines=lines)
+        else:
+            if booking_id is None:
+                raise InvalidInput("missing BOOKING_ID (or --from-file)")
+            if not (starts_at and ends_at and to):
+                missing = [
+                    n
+                    for n, v in (("--starts-at", starts_at), ("--ends-at", ends_at), ("--to", to))
+                    if not v
+                ]
+                raise InvalidInput(f"missing {', '.join(missing)}")
+            inp = booking_input(
+                booking_id,
+                starts_at=starts_at,
+                ends_at=ends_at,
+                to=to,
+                title=title,
+                timezone=timezone,
+                remind=remind,
+                locale=locale,
+                data=pairs or None,
+                reactivate=reactivate,
+                now=now,
+            )
+            results = create_bookings(store, [inp])
+    if json_out:
+        body: Any = (
+            results[0].as_dict()
+            if from_file is None
+            else {"bookings": [r.as_dict() for r in results]}
+        )
+        output.line(render_json(body))
+        return
+    if from_file is not None and len(results) > 20:
+        actions: dict[str, int] = {}
+        for r in results:
+            actions[r.action] = actions.get(r.action, 0) + 1
+        added = sum(r.added for r in results)
+        skipped = sum(len(r.skipped) for r in results)
+        counts = ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))
+        output.line(
+            f"{len(results)} bookings: {counts}; {added} reminders added, {skipped} skipped"
+        )
+        return
+    for r in results:
+        output.line(
+            f"{r.action} {r.booking_id}: {r.added} added, {r.rescheduled} rescheduled, "
+            f"{r.cancelled} cancelled, {len(r.skipped)} skipped"
+        )
+        for s in r.skipped:
+            output.line(f"  skipped {s.kind} for {s.channel}:{s.recipient}: {s.reason}")
+
+
+@contextmanager
+def _open_input(path: str) -> Iterator[tuple[TextIO, str]]:
+    if path == "-":
+        yield sys.stdin, "<stdin>"
+        return
+    try:
+        stream = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from e
+    with stream:
+        try:
+            yield stream, Path(path).name
+        except UnicodeDecodeError as e:
+            raise InvalidInput(f"{path} is not UTF-8 text") from e
+
+
+def _read_with_progress(
+    read: Any, stream: TextIO, name: str, defaults: dict[str, Any], now: Any, output: Output
+) -> Any:
+    if not sys.stderr.isatty():
+        return read(stream, name=name, defaults=defaults, now=now)
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), transient=True, console=None
+    ) as progress:
+        task = progress.add_task(f"reading {name}", total=None)
+        return read(
+            stream,
+            name=name,
+            defaults=defaults,
+            now=now,
+            progress=lambda n: progress.update(task, description=f"{name}: {n} lines"),
+        )
+
+
+# --- cancel -----------------------------------------------------------------------------
+
+
+@app.command()
+def cancel(
+    booking_ids: Annotated[list[str] | None, typer.Argument(help="Booking ids to cancel.")] = None,
+    notification: Annotated[
+        list[int] | None, typer.Option("--notification", help="Cancel one reminder by id.")
+    ] = None,
+    missing_ok: Annotated[bool, typer.Option(help="Unknown ids are not an error.")] = False,
+    json_out: JsonFlag = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Cancel bookings and their unsent reminders (idempotent)."""
+    from .service import cancel as cancel_use_case
+
+    if not booking_ids and not notification:
+        raise InvalidInput("give at least one BOOKING_ID or --notification ID")
+    with _store(database_url) as store:
+        result = cancel_use_case(
+            store, booking_ids or [], notification_ids=notification or [], missing_ok=missing_ok
+        )
+    output = _output()
+    if json_out:
+        output.line(render_json(result.as_dict()))
+    else:
+        output.line(f"cancelled {result.bookings} booking(s), {result.reminders} reminder(s)")
+
+
+# --- list -------------------------------------------------------------------------------
+
+
+class ListFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+STATUS_CHOICES = ["pending", "sending", "sent", "failed", "cancelled", "expired", "all"]
+
+
+@app.command("list")
+def list_(
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Statuses to show (repeatable): {', '.join(STATUS_CHOICES)}. "
+            "Default: pending and failed."
+        ),
+    ] = None,
+    booking: Annotated[str | None, typer.Option(help="Only this booking id.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    due_before: Annotated[str | None, typer.Option(help="Due before T (ISO or +2h).")] = None,
+    due_after: Annotated[str | None, typer.Option(help="Due at or after T.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N rows.")] = None,
+    fmt: Annotated[ListFormat, typer.Option("--format", help="Output format.")] = ListFormat.table,
+    summary: Annotated[
+        bool, typer.Option(help="Counts per status, queue lag, failures in the last 24 h.")
+    ] = False,
+    timezone: TimezoneOpt = "UTC",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Show the reminder queue, soonest due first."""
+    from .kinds import parse_kind
+    from .queries import ListFilter
+    from .service import LIST_FIELDS, list_notifications
+    from .service import summary as summary_use_case
+    from .times import parse_time, parse_zone
+
+    output = _output()
+    statuses = _statuses(status)
+    zone = parse_zone(timezone)
+    with _store(database_url) as store:
+        if summary:
+            result = summary_use_case(store)
+            if fmt == "json":
+                output.line(render_json(result.as_dict()))
+            else:
+                _render_summary(result, output)
+            return
+        now = store.clock()
+        where = ListFilter(
+            statuses=statuses,
+            booking_id=booking,
+            kind=parse_kind(kind).name if kind else None,
+            due_before=parse_time(due_before, zone, now) if due_before else None,
+            due_after=parse_time(due_after, zone, now) if due_after else None,
+            limit=limit,
+        )
+        with list_notifications(store, where) as rows:
+            if fmt == "json":
+                render_json_rows(rows, output.stdout)
+            elif fmt == "csv":
+                render_csv(rows, LIST_FIELDS, output.stdout)
+            else:
+                render_table(rows, LIST_FIELDS, output)
+
+
+def _statuses(values: list[str] | None) -> tuple[str, ...]:
+    if not values:
+        return ("pending", "failed")
+    chosen = [s.strip().lower() for v in values for s in v.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in STATUS_CHOICES]
+    if unknown:
+        raise InvalidInput(f"unknown status {unknown[0]!r}: use {', '.join(STATUS_CHOICES)}")
+    return () if "all" in chosen else tuple(dict.fromkeys(chosen))
+
+
+def _render_summary(result: Any, output: Output) -> None:
+    rows = [{"status": k, "count": v} for k, v in result.counts.items()]
+    render_table(rows, ["status", "count"], output)
+    lag = result.oldest_overdue_seconds
+    output.line(f"due now: {result.due_now}")
+    output.line(f"oldest overdue: {'-' if lag is None else f'{lag:.0f}s'}")
+    output.line(f"failed in the last 24h: {result.failed_last_24h}")
+
+
+# --- dispatch ---------------------------------------------------------------------------
+
+
+def _env_option(name: str, help_text: str, **kwargs: Any) -> Any:
+    return typer.Option(envvar=f"NOTIFYCTL_{name}", help=help_text, **kwargs)
+
+
+@app.command()
+def dispatch(
+    batch_size: Annotated[int, _env_option("BATCH_SIZE", "Reminders claimed per batch.")] = 50,
+    max_seconds: Annotated[
+        float, _env_option("MAX_SECONDS", "Stop claiming after this many seconds.")
+    ] = 50.0,
+    concurrency: Annotated[int, _env_option("CONCURRENCY", "Sends in parallel.")] = 8,
+    lease_seconds: Annotated[
+        float, _env_option("LEASE_SECONDS", "A crashed run's claims are rescued after this.")
+    ] = 300.0,
+    max_attempts: Annotated[
+        int, _env_option("MAX_ATTEMPTS", "Attempts before a reminder fails.")
+    ] = 10,
+    backoff_base: Annotated[
+        float, _env_option("BACKOFF_BASE", "First retry delay in seconds (doubles, max 1 h).")
+    ] = 30.0,
+    rate_limit: Annotated[
+        float, _env_option("RATE_LIMIT", "Messages/s per bot, across all runs sharing the store.")
+    ] = 25.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be sent; change nothing.")
+    ] = False,
+    telegram_token: Annotated[
+        str | None,
+        typer.Option(
+            "--telegram-token",
+            envvar="TELEGRAM_BOT_TOKEN",
+            show_default=False,
+            help="Bot token (prefer the environment: options show in ps).",
+        ),
+    ] = None,
+    telegram_api_url: Annotated[
+        str,
+        typer.Option(
+            "--telegram-api-url",
+            envvar="TELEGRAM_API_URL",
+            help="Bot API base URL (a local Bot API server).",
+        ),
+    ] = DEFAULT_TELEGRAM_API_URL,
+    json_out: JsonFlag = False,
+    verbose: Verbose = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Deliver what is due, retry what failed for a passing reason, and exit (run from cron)."""
+    from .dispatch import Dispatcher, DispatchOptions, preview
+
+    options = DispatchOptions(
+        batch_size=batch_size,
+        max_seconds=max_seconds,
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+        backoff_base=backoff_base,
+        rate_limit=rate_limit,
+        dry_run=dry_run,
+    ).validate()
+    settings = _settings(
+        database_url,
+        telegram_token=telegram_token,
+        telegram_api_url=telegram_api_url,
+        **_channel_settings(),
+    )
+    _configure_logging(verbose)
+    output = _output()
+    with _store(settings.database_url) as store:
+        if dry_run:
+            items = preview(store, settings)
+            if json_out:
+                output.line(render_json([item.__dict__ for item in items]))
+            for item in [] if json_out else items:
+                output.line(
+                    f"would send #{item.id} {item.kind} to "
+                    f"{item.channel}:{item.recipient}: {item.text}"
+                )
+            return
+        report = Dispatcher(store, settings, options, stdout=output.stdout).run()
+    if json_out:
+        output.line(render_json(report.as_dict()))
+    elif not report.idle:
+        output.line(report.summary_line())
+    if report.error:
+        raise ConfigError(report.error)
+
+
+def _channel_settings() -> dict[str, Any]:
+    env = os.environ
+    return {
+        "webhook_secret": env.get("NOTIFYCTL_WEBHOOK_SECRET") or None,
+        "smtp_url": env.get("NOTIFYCTL_SMTP_URL") or None,
+        "email_from": env.get("NOTIFYCTL_EMAIL_FROM") or None,
+        "templates_path": env.get("NOTIFYCTL_TEMPLATES") or None,
+    }
+
+
+def _configure_logging(verbose: bool) -> None:
+    import logging
+
+    logger = logging.getLogger("notifyctl")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+# --- migrate ----------------------------------------------------------------------------
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    check: Annotated[bool, typer.Option(help="Exit 1 if the database is behind head.")] = False,
+    sql: Annotated[bool, typer.Option(help="Print the SQL instead of running it.")] = False,
+    downgrade: Annotated[
+        str | None, typer.Option(help="Downgrade to REV (e.g. base) instead.", metavar="REV")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create or upgrade the database schema (safe to run twice)."""
+    from . import migrate as migrations
+    from .db import make_engine, translate_errors
+
+    settings = _settings(database_url)
+    output = _output()
+    if sql:
+        output.stdout.write(
+            migrations.sql(settings.database_url, downgrade or revision, down=downgrade is not None)
+        )
+        return
+    engine = make_engine(settings.database_url, create_file=not check)
+    try:
+        with translate_errors(settings.database_url):
+            if check:
+                head = migrations.check(engine)
+                output.line(f"database is at head ({head})")
+                return
+            if downgrade is not None:
+                result = migrations.downgrade(engine, downgrade)
+            else:
+                result = migrations.upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    where = engine.url.render_as_string(hide_password=True)
+    if result.changed:
+        output.line(f"migrated {where} from {result.before or 'empty'} to {result.after or 'base'}")
+    else:
+        output.line(f"{where} is already at {result.after or 'base'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point."""
+    load_dotenv_file()
+    command = typer.main.get_command(app)
+    return int(command.main(argv, prog_name="notifyctl", standalone_mode=False))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

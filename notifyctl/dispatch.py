@@ -1,0 +1,672 @@
+"""One dispatch run: expire, rescue, then claim → send → record until done.
+
+Sends happen outside any transaction, in a thread pool; the calling thread
+records each outcome as soon as it returns, in its own short transaction,
+fenced by the lease token. Decisions (``decide``, ``decide_retry``,
+``backoff_seconds``) are pure functions of values and ``now``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TextIO
+
+from sqlalchemy import Row
+
+from . import queries
+from .channels import CHANNELS, channel_module
+from .channels.base import Channel, ChannelContext, Delivery, Message, SendResult
+from .config import Settings, redact
+from .errors import ConfigError, InvalidInput
+from .models import Status
+from .service import Store
+
+log = logging.getLogger("notifyctl.dispatch")
+
+BACKOFF_CAP = 3600.0
+JITTER = 0.2
+
+
+@dataclass(frozen=True)
+class DispatchOptions:
+    batch_size: int = 50
+    max_seconds: float = 50.0
+    concurrency: int = 8
+    lease_seconds: float = 300.0
+    max_attempts: int = 10
+    backoff_base: float = 30.0
+    rate_limit: float = 25.0
+    dry_run: bool = False
+
+    def validate(self) -> DispatchOptions:
+        checks = [
+            (1 <= self.batch_size <= 10_000, "--batch-size must be 1-10000"),
+            (0 < self.max_seconds <= 86_400, "--max-seconds must be > 0"),
+            (1 <= self.concurrency <= 256, "--concurrency must be 1-256"),
+            (10 <= self.lease_seconds <= 86_400, "--lease-seconds must be 10-86400"),
+            (1 <= self.max_attempts <= 1000, "--max-attempts must be 1-1000"),
+            (0 < self.backoff_base <= BACKOFF_CAP, "--backoff-base must be 0-3600 seconds"),
+            (0 < self.rate_limit <= 10_000, "--rate-limit must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidInput(message)
+        if self.lease_seconds <= self.max_seconds:
+            raise InvalidInput("--lease-seconds must be longer than --max-seconds")
+        return self
+
+
+# --- pure decisions -------------------------------------------------------------------
+
+
+def backoff_seconds(attempt: int, base: float, cap: float = BACKOFF_CAP) -> float:
+    """Exact schedule: base, 2*base, 4*base … capped (attempt counts from 1)."""
+    return float(min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+def jittered(seconds: float, rng: random.Random) -> float:
+    """±20 % so that a burst of failures does not retry in lockstep."""
+    return seconds * rng.uniform(1 - JITTER, 1 + JITTER)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt does to its reminder; built only by the constructors below."""
+
+    status: Status
+    action: str  # the attempt's outcome label (history, logs, counters)
+    due_at: datetime | None = None
+    error: str | None = None
+    give_back_attempt: bool = False
+    moved_to: str | None = None
+
+    @classmethod
+    def sent(cls) -> Outcome:
+        return cls(Status.SENT, "sent")
+
+    @classmethod
+    def retry(cls, at: datetime, error: str | None) -> Outcome:
+        return cls(Status.PENDING, "retry", due_at=at, error=error)
+
+    @classmethod
+    def rate_limited(cls, at: datetime, error: str | None) -> Outcome:
+        return cls(Status.PENDING, "rate_limited", due_at=at, error=error, give_back_attempt=True)
+
+    @classmethod
+    def chat_moved(cls, new_chat: str, now: datetime, error: str | None) -> Outcome:
+        return cls(
+            Status.PENDING,
+            "moved",
+            due_at=now,
+            error=error,
+            give_back_attempt=True,
+            moved_to=new_chat,
+        )
+
+    @classmethod
+    def failed(cls, error: str | None) -> Outcome:
+        return cls(Status.FAILED, "failed", error=error)
+
+    @classmethod
+    def expired(cls, error: str) -> Outcome:
+        return cls(Status.EXPIRED, "expired", error=error)
+
+
+def decide_retry(
+    attempts: int,
+    now: datetime,
+    not_after: datetime,
+    options: DispatchOptions,
+    rng: random.Random,
+    error: str | None,
+) -> Outcome:
+    """After a passing failure: retry later, or fail when out of attempts, or expire."""
+    if attempts >= options.max_attempts:
+        return Outcome.failed(f"gave up after {attempts} attempts: {error}")
+    at = now + timedelta(seconds=jittered(backoff_seconds(attempts, options.backoff_base), rng))
+    if at >= not_after:
+        return Outcome.expired(f"retry would come too late: {error}")
+    return Outcome.retry(at, error)
+
+
+def decide(
+    result: SendResult,
+    attempts: int,
+    now: datetime,
+    not_after: datetime,
+    options: DispatchOptions,
+    rng: random.Random,
+) -> Outcome:
+    """SendResult → Outcome (SPEC §5 Outcomes). BAD_CREDENTIALS is handled by the run."""
+    if result.delivery is Delivery.SENT:
+        return Outcome.sent()
+    if result.delivery is Delivery.RETRY_AFTER:
+        at = now + timedelta(seconds=max(1.0, result.retry_after or 1.0))
+        if at >= not_after:
+            return Outcome.expired(f"rate limited past its useful time: {result.error}")
+        return Outcome.rate_limited(at, result.error)
+    if result.delivery is Delivery.MOVED and result.moved_to:
+        return Outcome.chat_moved(result.moved_to, now, result.error)
+    if result.delivery is Delivery.RETRY:
+        return decide_retry(attempts, now, not_after, options, rng, result.error)
+    return Outcome.failed(result.error)
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+COUNTERS = ("claimed", "sent", "retried", "rate_limited", "failed", "expired", "rescued")
+
+
+@dataclass
+class RunReport:
+    run_id: int | None = None
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    rate_limited: int = 0
+    failed: int = 0
+    expired: int = 0
+    rescued: int = 0
+    moved: int = 0
+    released: int = 0
+    lost_lease: int = 0
+    exit_code: int = 0
+    error: str | None = None
+    duration_seconds: float = 0.0
+    by_channel: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def idle(self) -> bool:
+        return not any(getattr(self, c) for c in (*COUNTERS, "moved", "released"))
+
+    def counts(self) -> dict[str, int]:
+        return {c: getattr(self, c) for c in COUNTERS}
+
+    def count(self, action: str, channel: str) -> None:
+        counter = {"retry": "retried", "moved": "moved"}.get(action, action)
+        setattr(self, counter, getattr(self, counter) + 1)
+        per = self.by_channel.setdefault(channel, {})
+        per[action] = per.get(action, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary_line(self) -> str:
+        parts = [f"{self.sent} sent"]
+        for name in (
+            "retried",
+            "rate_limited",
+            "failed",
+            "expired",
+            "rescued",
+            "moved",
+            "released",
+        ):
+            if getattr(self, name):
+                parts.append(f"{getattr(self, name)} {name.replace('_', ' ')}")
+        return f"dispatch: {', '.join(parts)} in {self.duration_seconds:.1f}s"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claimed reminder, as a value (no live database row)."""
+
+    id: int
+    lease_token: str
+    channel: str
+    recipient: str
+    kind: str
+    attempts: int
+    not_after: datetime
+    booking_ref: int
+
+
+@dataclass
+class Sent:
+    claim: Claim
+    result: SendResult | None  # None: not sent (the run stopped first)
+    started: datetime
+    finished: datetime
+    outcome: Outcome | None = None  # decided without sending (template error, too late)
+
+
+class StopRun(Exception):
+    """Bad credentials: stop claiming, put unsent claims back, exit 3."""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        options: DispatchOptions,
+        *,
+        stdout: TextIO,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        http_session: Any = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.options = options.validate()
+        self.clock = store.clock
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.monotonic = monotonic
+        self.context = ChannelContext(settings=settings, stdout=stdout, http_session=http_session)
+        self._channels: dict[str, Channel] = {}
+        self._stop = threading.Event()
+        self._stop_error: str | None = None
+        self._pacer: Any = None
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def _maintain(self, report: RunReport) -> None:
+        now = self.clock()
+        with self.store.transaction() as conn:
+            report.expired += queries.expire_useless(conn, now)
+            report.expired += queries.expire_superseded(conn, now)
+            rescued = queries.rescue_expired_leases(conn, now, self.options.max_attempts)
+            queries.insert_attempts(
+                conn,
+                [
+                    _attempt_row(
+                        i,
+                        None,
+                        now,
+                        now,
+                        "lease_expired",
+                        None,
+                        "lease expired: the dispatch holding it stopped",
+                        True,
+                    )
+                    for i in (*rescued.requeued, *rescued.failed)
+                ],
+            )
+            report.rescued += len(rescued.requeued)
+            report.failed += len(rescued.failed)
+            due_channels = queries.due_channels(conn, now)
+            report.run_id = queries.start_run(conn, socket.gethostname(), os.getpid(), now)
+        for name in due_channels:
+            if name in CHANNELS:
+                channel_module(name).check_config(self.settings)
+
+    # -- the run -----------------------------------------------------------------------
+
+    def run(self) -> RunReport:
+        started = self.monotonic()
+        report = RunReport()
+        try:
+            self._maintain(report)
+            self._loop(report, started)
+        except ConfigError as e:
+            report.exit_code, report.error = e.exit_code, e.message
+        finally:
+            for channel in self._channels.values():
+                channel.close()
+            report.duration_seconds = self.monotonic() - started
+            if report.run_id is not None:
+                with self.store.transaction() as conn:
+                    queries.finish_run(
+                        conn, report.run_id, report.counts(), report.exit_code, self.clock()
+                    )
+        return report
+
+    def _loop(self, report: RunReport, started: float) -> None:
+        from .pacing import Pacer
+
+        self._pacer = Pacer(self.store.engine, self.options.rate_limit, self.clock, self.sleep)
+        lease = timedelta(seconds=self.options.lease_seconds)
+        with ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="send") as pool:
+            while self.monotonic() - started < self.options.max_seconds:
+                now = self.clock()
+                token = str(uuid.uuid4())
+                with self.store.transaction() as conn:
+                    report.expired += queries.expire_superseded(conn, now)
+                    rows = queries.claim_due(conn, now, self.options.batch_size, token, lease)
+                    bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
+                if not rows:
+                    return
+                report.claimed += len(rows)
+                self._send_batch(pool, rows, token, bookings, report)
+                if self._stop.is_set():
+                    raise ConfigError(self._stop_error or "bad credentials")
+
+    def _send_batch(
+        self,
+        pool: ThreadPoolExecutor,
+        rows: list[Row[Any]],
+        token: str,
+        bookings: dict[int, Row[Any]],
+        report: RunReport,
+    ) -> None:
+        futures: set[Future[Sent]] = set()
+        for row in rows:
+            claim = Claim(
+                row.id,
+                token,
+                row.channel,
+                row.recipient,
+                row.kind,
+                row.attempts,
+                row.not_after,
+                row.booking_id,
+            )
+            prepared = self._prepare(claim, bookings[row.booking_id])
+            if isinstance(prepared, Sent):
+                self._record(prepared, report)
+                continue
+            channel, message = prepared
+            self._pacer.expect(channel.pacing_key, 1)
+            futures.add(pool.submit(self._send, claim, channel, message))
+        for done in _as_completed(futures):
+            self._record(done, report)
+
+    def _prepare(self, claim: Claim, booking: Row[Any]) -> tuple[Channel, Message] | Sent:
+        """The channel and rendered message, or an outcome decided without sending."""
+        now = self.clock()
+        if claim.channel not in CHANNELS:
+            return Sent(
+                claim,
+                None,
+                now,
+                now,
+                Outcome.failed(
+                    f"unknown channel {claim.channel!r} (written by a newer notifyctl?)"
+                ),
+            )
+        try:
+            channel = self._channel(claim.channel)
+        except ConfigError as e:
+            self._stop_run(e.message)
+            return Sent(claim, None, now, now)
+        try:
+            message = build_message(claim, booking, channel, now)
+        except Exception as e:  # any template failure fails this reminder, not the run
+            return Sent(
+                claim,
+                None,
+                now,
+                now,
+                Outcome.failed(redact(f"template error: {type(e).__name__}: {e}")),
+            )
+        return channel, message
+
+    def _channel(self, name: str) -> Channel:
+        if name not in self._channels:
+            self._channels[name] = channel_module(name).open_channel(self.context)
+        return self._channels[name]
+
+    def _send(self, claim: Claim, channel: Channel, message: Message) -> Sent:
+        if self._stop.is_set():
+            now = self.clock()
+            return Sent(claim, None, now, now)
+        self._pacer.wait_turn(channel.pacing_key, claim.recipient)
+        started = self.clock()
+        if self._stop.is_set():
+            return Sent(claim, None, started, started)
+        if started >= claim.not_after:
+            return Sent(
+                claim,
+                None,
+                started,
+                started,
+                Outcome.expired("not sent before it stopped being useful"),
+            )
+        try:
+            result = channel.send(message)
+        except Exception as e:  # a channel bug must not lose the claim
+            result = SendResult.retry(redact(f"{type(e).__name__}: {e}"))
+        finished = self.clock()
+        if result.delivery is Delivery.RETRY_AFTER:
+            self._pacer.pause(channel.pacing_key, result.retry_after or 1.0)
+        if result.delivery is Delivery.BAD_CREDENTIALS:
+            self._stop_run(f"{claim.channel}: credentials rejected ({result.error})")
+        return Sent(claim, result, started, finished)
+
+    def _stop_run(self, error: str) -> None:
+        if not self._stop.is_set():
+            self._stop_error = error
+            self._stop.set()
+
+    # -- recording ---------------------------------------------------------------------
+
+    def _record(self, sent: Sent, report: RunReport) -> None:
+        claim, result = sent.claim, sent.result
+        now = self.clock()
+        with self.store.transaction() as conn:
+            if result is None and sent.outcome is None:
+                report.released += queries.release_claims(
+                    conn, [(claim.id, claim.lease_token)], now
+                )
+                return
+            if result is not None and result.delivery is Delivery.BAD_CREDENTIALS:
+                queries.insert_attempts(
+                    conn,
+                    [
+                        _attempt_row(
+                            claim.id,
+                            report.run_id,
+                            sent.started,
+                            sent.finished,
+                            "bad_credentials",
+                            result.http_status,
+                            result.error,
+                            False,
+                        )
+                    ],
+                )
+                report.released += queries.release_claims(
+                    conn, [(claim.id, claim.lease_token)], now
+                )
+                return
+            if sent.outcome is not None:
+                outcome = sent.outcome
+            else:
+                assert result is not None  # a Sent without outcome was sent
+                outcome = decide(
+                    result, claim.attempts, now, claim.not_after, self.options, self.rng
+                )
+            won = self._apply(conn, claim, outcome, result, now)
+            if result is not None:
+                queries.insert_attempts(
+                    conn,
+                    [
+                        _attempt_row(
+                            claim.id,
+                            report.run_id,
+                            sent.started,
+                            sent.finished,
+                            outcome.action,
+                            result.http_status,
+                            result.error,
+                            result.uncertain,
+                        )
+                    ],
+                )
+        if not won:
+            report.lost_lease += 1
+            log.warning(
+                "reminder %s: lease lost, outcome %s not recorded",
+                claim.id,
+                outcome.action,
+                extra={"action": "lease_lost"},
+            )
+            return
+        report.count(outcome.action, claim.channel)
+        log.info(
+            "reminder %s %s:%s %s%s",
+            claim.id,
+            claim.channel,
+            claim.recipient,
+            outcome.action,
+            f" ({outcome.error})" if outcome.error else "",
+            extra={"action": outcome.action, "notification_id": claim.id},
+        )
+
+    def _apply(
+        self, conn: Any, claim: Claim, outcome: Outcome, result: SendResult | None, now: datetime
+    ) -> bool:
+        values: dict[str, Any] = {
+            "status": outcome.status,
+            "updated_at": now,
+            "last_error": outcome.error,
+        }
+        if outcome.status is Status.SENT:
+            values.update(
+                sent_at=now,
+                provider_message_id=result.provider_id if result else None,
+                last_error=None,
+            )
+        if outcome.due_at is not None:
+            values["due_at"] = outcome.due_at
+        if outcome.give_back_attempt:
+            values["attempts"] = queries.N.attempts - 1
+        if outcome.moved_to is not None:
+            if queries.recipient_taken(conn, claim.id, outcome.moved_to):
+                values.update(
+                    status=Status.CANCELLED,
+                    last_error=f"duplicate: chat moved to {outcome.moved_to}",
+                )
+            else:
+                values["recipient"] = outcome.moved_to
+            won = queries.record_outcome(conn, claim.id, claim.lease_token, values)
+            if won:
+                queries.retarget_recipient(
+                    conn, claim.channel, claim.recipient, outcome.moved_to, now
+                )
+            return won
+        return queries.record_outcome(conn, claim.id, claim.lease_token, values)
+
+
+def _as_completed(futures: set[Future[Sent]]) -> Iterator[Sent]:
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            yield future.result()
+
+
+def _attempt_row(
+    notification_id: int,
+    run_id: int | None,
+    started: datetime,
+    finished: datetime,
+    outcome: str,
+    http_status: int | None,
+    error: str | None,
+    uncertain: bool,
+) -> dict[str, Any]:
+    return {
+        "notification_id": notification_id,
+        "run_id": run_id,
+        "started_at": started,
+        "finished_at": finished,
+        "outcome": outcome,
+        "http_status": http_status,
+        "error": redact(error) if error else None,
+        "uncertain": uncertain,
+    }
+
+
+def booking_view(row: Row[Any]) -> Any:
+    from .texts import Booking
+
+    return Booking(
+        booking_id=row.external_id,
+        title=row.title,
+        starts_at=row.starts_at,
+        ends_at=row.ends_at,
+        timezone=row.timezone,
+        locale=row.locale,
+        data=dict(row.data or {}),
+    )
+
+
+def build_message(claim: Claim, booking: Row[Any], channel: Channel, now: datetime) -> Message:
+    """Render the reminder's text for its channel, true at ``now``."""
+    from .texts import context, render_reminder
+
+    view = booking_view(booking)
+    variables = context(view, claim.kind, claim.recipient, claim.channel, now)
+    rendered = render_reminder(
+        variables, text_format=channel.text_format, max_length=channel.max_text_length
+    )
+    payload = {
+        "notification_id": claim.id,
+        "booking_id": view.booking_id,
+        "kind": claim.kind,
+        "recipient": claim.recipient,
+        "title": view.title,
+        "starts_at": view.starts_at.isoformat(),
+        "ends_at": view.ends_at.isoformat(),
+        "starts_at_local": variables["start"].isoformat(),
+        "ends_at_local": variables["end"].isoformat(),
+        "timezone": view.timezone,
+        "data": view.data,
+    }
+    return Message(
+        notification_id=claim.id,
+        booking_id=view.booking_id,
+        kind=claim.kind,
+        recipient=claim.recipient,
+        text=rendered.text,
+        text_format=rendered.text_format,  # type: ignore[arg-type]
+        subject=rendered.subject,
+        payload=payload,
+    )
+
+
+# --- dry run --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preview:
+    id: int
+    channel: str
+    recipient: str
+    kind: str
+    text: str
+
+
+def preview(store: Store, settings: Settings, limit: int = 1000) -> list[Preview]:
+    """What a run would send now, rendered; nothing is written."""
+    now = store.clock()
+    with store.reader() as conn:
+        rows = queries.due_preview(conn, now, limit)
+        bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
+    previews = []
+    for row in rows:
+        claim = Claim(
+            row.id,
+            "",
+            row.channel,
+            row.recipient,
+            row.kind,
+            row.attempts,
+            row.not_after,
+            row.booking_id,
+        )
+        try:
+            from .texts import context, render_reminder
+
+            variables = context(
+                booking_view(bookings[row.booking_id]), row.kind, row.recipient, row.channel, now
+            )
+            text = render_reminder(variables, text_format="plain", max_length=None).text
+        except Exception as e:
+            text = redact(f"<template error: {e}>")
+        previews.append(Preview(claim.id, row.channel, row.recipient, row.kind, text))
+    return previews

@@ -1,0 +1,129 @@
+"""Rate limits: per chat and per group inside a run, per bot across every run.
+
+The per-bot limit is shared through the pacing row of the store: a run
+reserves a block of consecutive send slots (``1 / rate`` apart) in one short
+write transaction, then sends each message no earlier than its slot. Runs
+that share the store therefore never exceed the rate together, whichever host
+they run on. A 429 moves the shared next slot past ``retry_after``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from . import queries
+from .times import Clock
+
+CHAT_INTERVAL = timedelta(seconds=1)
+GROUP_WINDOW = timedelta(minutes=1)
+GROUP_LIMIT = 20
+Sleep = Callable[[float], None]
+
+
+class ChatSpacing:
+    """At most one message a second per chat, 20 a minute per group (negative id)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: dict[str, datetime] = {}
+        self._group_sends: dict[str, deque[datetime]] = {}
+
+    def reserve(self, chat: str, now: datetime) -> datetime:
+        """The earliest time a message to ``chat`` may go; that turn is taken."""
+        with self._lock:
+            at = max(now, self._next.get(chat, now))
+            if chat.startswith("-"):
+                sends = self._group_sends.setdefault(chat, deque())
+                while sends and sends[0] <= at - GROUP_WINDOW:
+                    sends.popleft()
+                if len(sends) >= GROUP_LIMIT:
+                    at = max(at, sends[0] + GROUP_WINDOW)
+                    sends.popleft()
+                sends.append(at)
+            self._next[chat] = at + CHAT_INTERVAL
+            return at
+
+
+class SharedSlots:
+    """Send slots of one bot, reserved in blocks from the store's pacing row."""
+
+    def __init__(self, engine: Engine, key: str, rate: float, clock: Clock) -> None:
+        self._engine = engine
+        self._key = key
+        self._interval = timedelta(seconds=1 / rate)
+        self._block = max(1, int(rate))
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._slots: deque[datetime] = deque()
+
+    def take(self, wanted: int = 1) -> datetime:
+        """The time of this run's next free slot (reserving a block when out)."""
+        with self._lock:
+            if not self._slots:
+                count = max(1, min(self._block, wanted))
+                with self._engine.begin() as conn:
+                    queries.ensure_pacing_row(conn, self._key, self._clock())
+                    first = queries.reserve_slots(
+                        conn, self._key, count, self._interval, self._clock()
+                    )
+                self._slots.extend(first + self._interval * i for i in range(count))
+            return self._slots.popleft()
+
+    def pause(self, seconds: float) -> None:
+        """The provider said 429: no run sends for this bot before now + seconds."""
+        until = self._clock() + timedelta(seconds=seconds)
+        with self._lock:
+            self._slots.clear()
+            with self._engine.begin() as conn:
+                queries.ensure_pacing_row(conn, self._key, self._clock())
+                queries.pause_sender(conn, self._key, until, self._clock())
+
+
+class Pacer:
+    """Decides when each message may go, and waits for it."""
+
+    def __init__(self, engine: Engine, rate: float, clock: Clock, sleep: Sleep) -> None:
+        self._engine = engine
+        self._rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        self._chats = ChatSpacing()
+        self._shared: dict[str, SharedSlots] = {}
+        self._lock = threading.Lock()
+        self._expected: dict[str, int] = {}
+
+    def _slots(self, key: str) -> SharedSlots:
+        with self._lock:
+            if key not in self._shared:
+                self._shared[key] = SharedSlots(self._engine, key, self._rate, self._clock)
+            return self._shared[key]
+
+    def expect(self, key: str | None, count: int) -> None:
+        """``count`` messages under ``key`` are about to go: reserve slots to match."""
+        if key is not None:
+            with self._lock:
+                self._expected[key] = self._expected.get(key, 0) + count
+
+    def wait_turn(self, key: str | None, chat: str) -> None:
+        """Block until a message to ``chat`` under sender ``key`` may be sent."""
+        if key is None:
+            return
+        self._wait_until(self._chats.reserve(chat, self._clock()))
+        with self._lock:
+            wanted = max(1, self._expected.get(key, 1))
+            self._expected[key] = wanted - 1
+        self._wait_until(self._slots(key).take(wanted))
+
+    def pause(self, key: str | None, seconds: float) -> None:
+        if key is not None:
+            self._slots(key).pause(seconds)
+
+    def _wait_until(self, when: datetime) -> None:
+        delay = (when - self._clock()).total_seconds()
+        if delay > 0:
+            self._sleep(delay)

@@ -1,0 +1,551 @@
+"""Every statement notifyctl runs, named, with the dialect branches side by side.
+
+Functions take an open ``Connection`` (the caller owns the transaction) and
+``now`` from the injected clock; none reads a clock or commits. Writes that
+move a row out of ``sending`` are fenced by status and lease token and say
+whether they won.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import aliased
+
+from .models import Booking, DeliveryAttempt, DispatchRun, Notification, Pacing, Status
+
+N = Notification
+B = Booking
+CHUNK = 500
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --- bookings: create / cancel -------------------------------------------------------
+
+
+def load_bookings(conn: Connection, external_ids: Sequence[str]) -> dict[str, Row[Any]]:
+    """Existing bookings by the caller's id."""
+    found: dict[str, Row[Any]] = {}
+    for part in chunks(external_ids):
+        for row in conn.execute(select(B).where(B.external_id.in_(part))):
+            found[row.external_id] = row
+    return found
+
+
+def load_notifications(conn: Connection, booking_ids: Sequence[int]) -> dict[int, list[Row[Any]]]:
+    """Every reminder of the given bookings, grouped by booking."""
+    grouped: dict[int, list[Row[Any]]] = {b: [] for b in booking_ids}
+    for part in chunks(booking_ids):
+        for row in conn.execute(select(N).where(N.booking_id.in_(part)).order_by(N.id)):
+            grouped[row.booking_id].append(row)
+    return grouped
+
+
+def insert_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Insert bookings; their new ids, in the order given."""
+    if not rows:
+        return []
+    result = conn.execute(insert(B).returning(B.id, sort_by_parameter_order=True), list(rows))
+    return [r.id for r in result]
+
+
+BOOKING_FIELDS = ("title", "starts_at", "ends_at", "timezone", "locale", "data", "status")
+
+
+def update_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite the mutable fields of existing bookings (rows carry ``b_id``)."""
+    if not rows:
+        return
+    values: dict[str, Any] = {f: bindparam(f) for f in (*BOOKING_FIELDS, "updated_at")}
+    conn.execute(update(B).where(B.id == bindparam("b_id")).values(values), list(rows))
+
+
+def insert_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(N), list(rows))
+
+
+REARM_FIELDS = (
+    "scheduled_at",
+    "not_after",
+    "due_at",
+    "status",
+    "attempts",
+    "last_error",
+    "sent_at",
+    "provider_message_id",
+    "updated_at",
+)
+
+
+def rearm_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Re-time or re-arm reminders that no dispatch holds (rows carry ``n_id``)."""
+    if not rows:
+        return
+    values: dict[str, Any] = {f: bindparam(f) for f in REARM_FIELDS}
+    stmt = (
+        update(N)
+        .where(N.id == bindparam("n_id"), N.status != Status.SENDING)
+        .values({**values, "lease_token": None, "lease_expires_at": None})
+    )
+    conn.execute(stmt, list(rows))
+
+
+def retime_sending(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """New times for reminders a dispatch holds right now; its outcome still applies."""
+    if not rows:
+        return
+    values: dict[str, Any] = {f: bindparam(f) for f in ("scheduled_at", "not_after", "updated_at")}
+    conn.execute(update(N).where(N.id == bindparam("n_id")).values(values), list(rows))
+
+
+def finish_unsent(
+    conn: Connection, ids: Sequence[int], status: Status, reason: str, now: datetime
+) -> int:
+    """Pending or sending reminders → ``status``; a dispatch holding one then records nothing."""
+    count = 0
+    for part in chunks(ids):
+        result = conn.execute(
+            update(N)
+            .where(N.id.in_(part), N.status.in_([Status.PENDING, Status.SENDING]))
+            .values(
+                status=status,
+                last_error=reason,
+                lease_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+        count += result.rowcount
+    return count
+
+
+def cancel_booking_rows(conn: Connection, booking_ids: Sequence[int], now: datetime) -> int:
+    """Bookings → cancelled; their pending and sending reminders too. Returns reminders."""
+    count = 0
+    for part in chunks(booking_ids):
+        conn.execute(
+            update(B)
+            .where(B.id.in_(part), B.status != "cancelled")
+            .values(status="cancelled", updated_at=now)
+        )
+        result = conn.execute(
+            update(N)
+            .where(N.booking_id.in_(part), N.status.in_([Status.PENDING, Status.SENDING]))
+            .values(
+                status=Status.CANCELLED,
+                last_error="booking cancelled",
+                lease_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
+        count += result.rowcount
+    return count
+
+
+def existing_notification_ids(conn: Connection, ids: Sequence[int]) -> set[int]:
+    found: set[int] = set()
+    for part in chunks(ids):
+        found.update(conn.scalars(select(N.id).where(N.id.in_(part))))
+    return found
+
+
+# --- list / summary ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    statuses: tuple[str, ...] = (Status.PENDING, Status.FAILED)
+    booking_id: str | None = None
+    kind: str | None = None
+    due_before: datetime | None = None
+    due_after: datetime | None = None
+    limit: int | None = None
+
+
+LIST_COLUMNS = (
+    N.id,
+    B.external_id.label("booking_id"),
+    N.kind,
+    N.channel,
+    N.recipient,
+    N.status,
+    N.scheduled_at,
+    N.not_after,
+    N.due_at,
+    N.attempts,
+    N.last_error,
+    N.sent_at,
+)
+
+
+def list_notifications(conn: Connection, where: ListFilter) -> Iterator[Row[Any]]:
+    """Reminders matching the filter, soonest due first, streamed."""
+    stmt = select(*LIST_COLUMNS).join(B, B.id == N.booking_id)
+    if where.statuses:
+        stmt = stmt.where(N.status.in_(where.statuses))
+    if where.booking_id is not None:
+        stmt = stmt.where(B.external_id == where.booking_id)
+    if where.kind is not None:
+        stmt = stmt.where(N.kind == where.kind)
+    if where.due_before is not None:
+        stmt = stmt.where(N.due_at < where.due_before)
+    if where.due_after is not None:
+        stmt = stmt.where(N.due_at >= where.due_after)
+    stmt = stmt.order_by(N.due_at, N.id)
+    if where.limit:
+        stmt = stmt.limit(where.limit)
+    rows: Iterator[Row[Any]] = iter(conn.execution_options(yield_per=1000).execute(stmt))
+    yield from rows
+
+
+def count_by_status(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(N.status, func.count()).group_by(N.status))
+    return {status: count for status, count in rows}
+
+
+def oldest_due(conn: Connection, now: datetime) -> datetime | None:
+    """The oldest ``due_at`` among pending reminders already due (via the due index)."""
+    return conn.scalar(
+        select(N.due_at)
+        .where(N.status == Status.PENDING, N.due_at <= now)
+        .order_by(N.due_at, N.id)
+        .limit(1)
+    )
+
+
+def count_due(conn: Connection, now: datetime) -> int:
+    return conn.scalar(select(func.count()).where(N.status == Status.PENDING, N.due_at <= now)) or 0
+
+
+def count_failed_since(conn: Connection, since: datetime) -> int:
+    return (
+        conn.scalar(select(func.count()).where(N.status == Status.FAILED, N.updated_at >= since))
+        or 0
+    )
+
+
+# --- dispatch: expire / rescue / claim / record ----------------------------------------
+
+
+def expire_useless(conn: Connection, now: datetime) -> int:
+    """Pending reminders past ``not_after`` → expired; they are never sent."""
+    result = conn.execute(
+        update(N)
+        .where(N.status == Status.PENDING, N.not_after <= now)
+        .values(
+            status=Status.EXPIRED,
+            last_error="expired: not sent before it stopped being useful",
+            updated_at=now,
+        )
+    )
+    return result.rowcount
+
+
+def expire_superseded(conn: Connection, now: datetime) -> int:
+    """Due reminders with a later reminder of the same booking and recipient due or sent."""
+    later = aliased(N)
+    newer_exists = exists().where(
+        later.booking_id == N.booking_id,
+        later.channel == N.channel,
+        later.recipient == N.recipient,
+        later.scheduled_at > N.scheduled_at,
+        or_(
+            later.status == Status.SENT,
+            and_(later.status.in_([Status.PENDING, Status.SENDING]), later.due_at <= now),
+        ),
+    )
+    result = conn.execute(
+        update(N)
+        .where(N.status == Status.PENDING, N.due_at <= now, newer_exists)
+        .values(
+            status=Status.EXPIRED,
+            last_error="superseded by a later reminder for the same booking",
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+@dataclass(frozen=True)
+class Rescued:
+    requeued: list[int]
+    failed: list[int]
+
+
+def rescue_expired_leases(conn: Connection, now: datetime, max_attempts: int) -> Rescued:
+    """``sending`` rows whose lease ran out (a crashed run) → pending, or failed if spent."""
+    lost = and_(N.status == Status.SENDING, N.lease_expires_at <= now)
+    cleared = {"lease_token": None, "lease_expires_at": None, "updated_at": now}
+    failed = conn.scalars(
+        update(N)
+        .where(lost, N.attempts >= max_attempts)
+        .values(status=Status.FAILED, last_error="lease expired on the last attempt", **cleared)
+        .returning(N.id)
+    ).all()
+    requeued = conn.scalars(
+        update(N)
+        .where(lost)
+        .values(
+            status=Status.PENDING,
+            due_at=now,
+            last_error="lease expired: the dispatch that held it stopped",
+            **cleared,
+        )
+        .returning(N.id)
+    ).all()
+    return Rescued(list(requeued), list(failed))
+
+
+CLAIM_COLUMNS = (
+    N.id,
+    N.booking_id,
+    N.kind,
+    N.channel,
+    N.recipient,
+    N.scheduled_at,
+    N.not_after,
+    N.due_at,
+    N.attempts,
+)
+
+
+def claim_due(
+    conn: Connection, now: datetime, limit: int, lease_token: str, lease: timedelta
+) -> list[Row[Any]]:
+    """Take up to ``limit`` due reminders, oldest ``due_at`` first, under a fresh lease.
+
+    PostgreSQL skips rows another dispatcher has locked; SQLite relies on the
+    caller's ``BEGIN IMMEDIATE``. The attempt is counted here, so a run killed
+    mid-send still uses one up.
+    """
+    due = (
+        select(N.id)
+        .where(N.status == Status.PENDING, N.due_at <= now, N.not_after > now)
+        .order_by(N.due_at, N.id)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    rows: Sequence[Any] = conn.execute(
+        update(N)
+        .where(N.id.in_(due.scalar_subquery()))
+        .values(
+            status=Status.SENDING,
+            lease_token=lease_token,
+            lease_expires_at=now + lease,
+            attempts=N.attempts + 1,
+            updated_at=now,
+        )
+        .returning(*CLAIM_COLUMNS)
+    ).all()
+    return sorted(rows, key=lambda r: (r.due_at, r.id))
+
+
+def due_preview(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
+    """What ``claim_due`` would take, without taking it (``--dry-run``)."""
+    rows: list[Any] = list(
+        conn.execute(
+            select(*CLAIM_COLUMNS)
+            .where(N.status == Status.PENDING, N.due_at <= now, N.not_after > now)
+            .order_by(N.due_at, N.id)
+            .limit(limit)
+        ).all()
+    )
+    return rows
+
+
+def due_channels(conn: Connection, now: datetime) -> list[str]:
+    """The channels that have reminders due now (their config must be checked)."""
+    return list(
+        conn.scalars(
+            select(N.channel)
+            .where(N.status == Status.PENDING, N.due_at <= now, N.not_after > now)
+            .distinct()
+        )
+    )
+
+
+def bookings_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, Row[Any]]:
+    unique = sorted(set(ids))
+    found: dict[int, Row[Any]] = {}
+    for part in chunks(unique):
+        for row in conn.execute(select(B).where(B.id.in_(part))):
+            found[row.id] = row
+    return found
+
+
+def record_outcome(
+    conn: Connection, notification_id: int, lease_token: str, values: Mapping[str, Any]
+) -> bool:
+    """Apply one outcome if this run still holds the lease; True when it did."""
+    result = conn.execute(
+        update(N)
+        .where(
+            N.id == notification_id,
+            N.status == Status.SENDING,
+            N.lease_token == lease_token,
+        )
+        .values({**values, "lease_token": None, "lease_expires_at": None})
+    )
+    return result.rowcount == 1
+
+
+def release_claims(conn: Connection, held: Sequence[tuple[int, str]], now: datetime) -> int:
+    """Put claims back untouched (the attempt given back): the run stops early."""
+    count = 0
+    for notification_id, token in held:
+        count += int(
+            record_outcome(
+                conn,
+                notification_id,
+                token,
+                {"status": Status.PENDING, "attempts": N.attempts - 1, "updated_at": now},
+            )
+        )
+    return count
+
+
+def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: datetime) -> int:
+    """Move unsent reminders of a chat to its new address (Telegram chat migration)."""
+    twin = aliased(N)
+    clash = exists().where(
+        twin.booking_id == N.booking_id,
+        twin.kind == N.kind,
+        twin.channel == N.channel,
+        twin.recipient == new,
+    )
+    conn.execute(
+        update(N)
+        .where(N.channel == channel, N.recipient == old, N.status == Status.PENDING, clash)
+        .values(status=Status.CANCELLED, last_error=f"duplicate after chat moved to {new}")
+        .execution_options(synchronize_session=False)
+    )
+    result = conn.execute(
+        update(N)
+        .where(N.channel == channel, N.recipient == old, N.status == Status.PENDING)
+        .values(recipient=new, due_at=now, updated_at=now)
+    )
+    return result.rowcount
+
+
+def recipient_taken(conn: Connection, notification_id: int, new: str) -> bool:
+    """Would moving this reminder to ``new`` clash with a twin already there?"""
+    twin = aliased(N)
+    own = select(N.booking_id, N.kind, N.channel).where(N.id == notification_id).subquery()
+    return bool(
+        conn.scalar(
+            select(
+                exists().where(
+                    twin.booking_id == own.c.booking_id,
+                    twin.kind == own.c.kind,
+                    twin.channel == own.c.channel,
+                    twin.recipient == new,
+                )
+            )
+        )
+    )
+
+
+def insert_attempts(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(DeliveryAttempt), list(rows))
+
+
+def start_run(conn: Connection, host: str, pid: int, now: datetime) -> int:
+    return int(
+        conn.execute(
+            insert(DispatchRun)
+            .values(
+                host=host,
+                pid=pid,
+                started_at=now,
+                claimed=0,
+                sent=0,
+                retried=0,
+                rate_limited=0,
+                failed=0,
+                expired=0,
+                rescued=0,
+            )
+            .returning(DispatchRun.id)
+        ).scalar_one()
+    )
+
+
+def finish_run(
+    conn: Connection, run_id: int, counts: Mapping[str, int], exit_code: int, now: datetime
+) -> None:
+    conn.execute(
+        update(DispatchRun)
+        .where(DispatchRun.id == run_id)
+        .values({**counts, "finished_at": now, "exit_code": exit_code})
+    )
+
+
+# --- pacing: one shared send-slot row per rate-limited sender ----------------------
+
+
+def ensure_pacing_row(conn: Connection, key: str, now: datetime) -> None:
+    """Create the pacing row of ``key`` if missing; concurrent runs may race here."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(
+        dialect_insert(Pacing)
+        .values(key=key, next_slot_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=[Pacing.key])
+    )
+
+
+def reserve_slots(
+    conn: Connection, key: str, count: int, interval: timedelta, now: datetime
+) -> datetime:
+    """Reserve ``count`` consecutive send slots; returns the first slot's time.
+
+    The row exists (``ensure_pacing_row``) and is locked here (``FOR UPDATE`` on
+    PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already holds the write lock), so
+    concurrent runs get disjoint slots.
+    """
+    row = conn.execute(
+        select(Pacing.next_slot_at).where(Pacing.key == key).with_for_update()
+    ).first()
+    start = max(now, row.next_slot_at) if row else now
+    next_free = start + interval * count
+    if row is None:
+        conn.execute(insert(Pacing).values(key=key, next_slot_at=next_free, updated_at=now))
+    else:
+        conn.execute(
+            update(Pacing).where(Pacing.key == key).values(next_slot_at=next_free, updated_at=now)
+        )
+    return start
+
+
+def pause_sender(conn: Connection, key: str, until: datetime, now: datetime) -> None:
+    """No run sends under ``key`` before ``until`` (a 429's retry_after)."""
+    conn.execute(
+        update(Pacing)
+        .where(Pacing.key == key, Pacing.next_slot_at < until)
+        .values(next_slot_at=until, updated_at=now)
+    )

@@ -1,0 +1,502 @@
+"""Use cases: create (upsert), cancel, list. The CLI and the Python API call these.
+
+No Typer, rich or os.environ here: callers pass a ``Store`` (engine + clock)
+and plain values; each use case is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row
+
+from . import queries
+from .channels import parse_recipient
+from .db import check_schema, make_engine, translate_errors
+from .errors import InvalidInput, NotFound
+from .kinds import Kind, parse_kinds
+from .models import SCHEMA_REVISION, BookingStatus, Status
+from .times import Clock, parse_time, parse_zone, utcnow
+
+REMOVED = "removed from the booking"
+USELESS = "rescheduled to a time when it is no longer useful"
+_BOOKING_ID = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
+_DATA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+@dataclass
+class Store:
+    """An open store: the engine plus the clock every use case reads."""
+
+    engine: Engine
+    clock: Clock = utcnow
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with translate_errors(self.url), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def reader(self) -> Iterator[Connection]:
+        with (
+            translate_errors(self.url),
+            self.engine.connect().execution_options(readonly=True) as conn,
+        ):
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(database_url: str, *, clock: Clock = utcnow, check: bool = True) -> Store:
+    """Connect to a migrated store; exit-4 errors when unreachable or not at head."""
+    engine = make_engine(database_url, create_file=False)
+    if check:
+        with translate_errors(database_url):
+            check_schema(engine, SCHEMA_REVISION)
+    return Store(engine, clock)
+
+
+# --- create -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BookingInput:
+    """One validated booking, as create needs it."""
+
+    booking_id: str
+    starts_at: datetime
+    ends_at: datetime
+    recipients: tuple[tuple[str, str], ...]
+    kinds: tuple[Kind, ...]
+    title: str
+    timezone: str
+    locale: str | None = None
+    data: Mapping[str, Any] | None = None
+    reactivate: bool = False
+
+
+def booking_input(
+    booking_id: str,
+    *,
+    starts_at: str | datetime,
+    ends_at: str | datetime,
+    to: Sequence[str],
+    title: str | None = None,
+    timezone: str = "UTC",
+    remind: Sequence[str] | None = None,
+    locale: str | None = None,
+    data: Mapping[str, Any] | None = None,
+    reactivate: bool = False,
+    now: datetime,
+) -> BookingInput:
+    """Validate raw values (strings as the CLI and files give them) into a BookingInput."""
+    if not _BOOKING_ID.fullmatch(booking_id or "") or booking_id != booking_id.strip():
+        raise InvalidInput(f"invalid booking id {booking_id!r}: 1-128 printable characters")
+    zone = parse_zone(timezone)
+    starts = starts_at if isinstance(starts_at, datetime) else parse_time(starts_at, zone, now)
+    ends = ends_at if isinstance(ends_at, datetime) else parse_time(ends_at, zone, now)
+    if starts.tzinfo is None or ends.tzinfo is None:
+        raise InvalidInput("starts_at and ends_at must be timezone-aware")
+    if ends <= starts:
+        raise InvalidInput("ends_at must be after starts_at")
+    if not to:
+        raise InvalidInput("at least one recipient (--to) is needed")
+    recipients = tuple(dict.fromkeys(parse_recipient(r) for r in to))
+    if title is not None and (len(title) > 512 or not title.strip()):
+        raise InvalidInput("title must be 1-512 characters")
+    if locale is not None and not _LOCALE.fullmatch(locale):
+        raise InvalidInput(f"invalid locale {locale!r}: use e.g. en, de, pt-BR")
+    return BookingInput(
+        booking_id=booking_id,
+        starts_at=starts,
+        ends_at=ends,
+        recipients=recipients,
+        kinds=tuple(parse_kinds(list(remind or []))),
+        title=title if title is not None else booking_id,
+        timezone=zone.key,
+        locale=locale.replace("_", "-") if locale else None,
+        data=check_data(data),
+        reactivate=reactivate,
+    )
+
+
+def check_data(data: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Template data: identifier keys, JSON values, at most 16 kB."""
+    if not data:
+        return None
+    for key in data:
+        if not _DATA_KEY.fullmatch(str(key)):
+            raise InvalidInput(f"invalid data key {key!r}: use letters, digits and _")
+    try:
+        encoded = json.dumps(data, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"data is not JSON-serialisable: {e}") from e
+    if len(encoded) > 16_384:
+        raise InvalidInput("data is larger than 16 kB")
+    return dict(data)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    kind: str
+    channel: str
+    recipient: str
+    reason: str
+
+
+@dataclass
+class BookingResult:
+    booking_id: str
+    action: str = "unchanged"  # created | reactivated | rescheduled | updated | unchanged
+    added: int = 0
+    rescheduled: int = 0
+    cancelled: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "booking_id": self.booking_id,
+            "action": self.action,
+            "added": self.added,
+            "rescheduled": self.rescheduled,
+            "cancelled": self.cancelled,
+            "skipped": [s.__dict__ for s in self.skipped],
+        }
+
+
+@dataclass
+class _Plan:
+    """Every write of one create call, gathered so they run as bulk statements."""
+
+    new_bookings: list[dict[str, Any]] = field(default_factory=list)
+    new_reminders: list[list[dict[str, Any]]] = field(default_factory=list)
+    booking_updates: list[dict[str, Any]] = field(default_factory=list)
+    reminder_inserts: list[dict[str, Any]] = field(default_factory=list)
+    rearms: list[dict[str, Any]] = field(default_factory=list)
+    retimes: list[dict[str, Any]] = field(default_factory=list)
+    cancels: list[int] = field(default_factory=list)
+    expires: list[int] = field(default_factory=list)
+
+
+def _useless_reason(kind: Kind, scheduled: datetime, not_after: datetime, now: datetime) -> str:
+    if scheduled >= not_after:
+        return f"{kind.name} would fall after the booking {kind.valid_until}s"
+    return f"too late: the booking {kind.valid_until}s at {not_after.isoformat()}"
+
+
+def _wanted(
+    inp: BookingInput, now: datetime
+) -> tuple[dict[tuple[str, str, str], tuple[datetime, datetime]], list[Skipped]]:
+    """(kind, channel, recipient) → (scheduled_at, not_after) for useful reminders."""
+    wanted: dict[tuple[str, str, str], tuple[datetime, datetime]] = {}
+    skipped: list[Skipped] = []
+    for kind in inp.kinds:
+        scheduled = kind.scheduled_at(inp.starts_at, inp.ends_at)
+        not_after = kind.not_after(inp.starts_at, inp.ends_at)
+        for channel, recipient in inp.recipients:
+            if not_after <= now or scheduled >= not_after:
+                reason = _useless_reason(kind, scheduled, not_after, now)
+                skipped.append(Skipped(kind.name, channel, recipient, reason))
+            else:
+                wanted[(kind.name, channel, recipient)] = (scheduled, not_after)
+    return wanted, skipped
+
+
+def _new_reminder(
+    key: tuple[str, str, str], times: tuple[datetime, datetime], now: datetime
+) -> dict[str, Any]:
+    kind, channel, recipient = key
+    scheduled, not_after = times
+    return {
+        "kind": kind,
+        "channel": channel,
+        "recipient": recipient,
+        "scheduled_at": scheduled,
+        "not_after": not_after,
+        "due_at": scheduled,
+        "status": Status.PENDING.value,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _rearm(row: Row[Any], times: tuple[datetime, datetime], now: datetime) -> dict[str, Any]:
+    scheduled, not_after = times
+    return {
+        "n_id": row.id,
+        "scheduled_at": scheduled,
+        "not_after": not_after,
+        "due_at": scheduled,
+        "status": Status.PENDING.value,
+        "attempts": 0,
+        "last_error": None,
+        "sent_at": None,
+        "provider_message_id": None,
+        "updated_at": now,
+    }
+
+
+def _booking_values(inp: BookingInput, status: str) -> dict[str, Any]:
+    return {
+        "title": inp.title,
+        "starts_at": inp.starts_at,
+        "ends_at": inp.ends_at,
+        "timezone": inp.timezone,
+        "locale": inp.locale,
+        "data": dict(inp.data) if inp.data else None,
+        "status": status,
+    }
+
+
+def _plan_new(inp: BookingInput, now: datetime, plan: _Plan) -> BookingResult:
+    wanted, skipped = _wanted(inp, now)
+    plan.new_bookings.append(
+        {
+            "external_id": inp.booking_id,
+            **_booking_values(inp, "active"),
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
+    plan.new_reminders.append([_new_reminder(k, t, now) for k, t in wanted.items()])
+    return BookingResult(inp.booking_id, "created", added=len(wanted), skipped=skipped)
+
+
+def _plan_existing(
+    inp: BookingInput, booking: Row[Any], reminders: list[Row[Any]], now: datetime, plan: _Plan
+) -> BookingResult:
+    reactivating = booking.status == BookingStatus.CANCELLED
+    if reactivating and not inp.reactivate:
+        raise InvalidInput(
+            f"booking {inp.booking_id!r} is cancelled: pass --reactivate to book it again"
+        )
+    wanted, skipped = _wanted(inp, now)
+    useless = {(s.kind, s.channel, s.recipient) for s in skipped}
+    result = BookingResult(inp.booking_id, skipped=skipped)
+    for row in reminders:
+        key = (row.kind, row.channel, row.recipient)
+        times = wanted.pop(key, None)
+        if times is None:
+            if row.status in (Status.PENDING, Status.SENDING):
+                (plan.expires if key in useless else plan.cancels).append(row.id)
+                result.cancelled += 1
+            continue
+        retimed = (row.scheduled_at, row.not_after) != times
+        if row.status == Status.SENDING:
+            if retimed:
+                plan.retimes.append(
+                    {
+                        "n_id": row.id,
+                        "scheduled_at": times[0],
+                        "not_after": times[1],
+                        "updated_at": now,
+                    }
+                )
+                result.rescheduled += 1
+            continue
+        rearm = (
+            (row.status in (Status.PENDING, Status.FAILED, Status.EXPIRED) and retimed)
+            or (row.status == Status.SENT and retimed and times[0] > now)
+            or (row.status == Status.CANCELLED and (reactivating or row.last_error == REMOVED))
+        )
+        if rearm:
+            plan.rearms.append(_rearm(row, times, now))
+            if row.status == Status.CANCELLED:
+                result.added += 1
+            else:
+                result.rescheduled += 1
+    for key, times in wanted.items():
+        plan.reminder_inserts.append({"booking_id": booking.id, **_new_reminder(key, times, now)})
+        result.added += 1
+
+    values = _booking_values(inp, "active")
+    changed = any(getattr(booking, k) != v for k, v in values.items())
+    if changed:
+        plan.booking_updates.append({"b_id": booking.id, **values, "updated_at": now})
+    times_changed = (booking.starts_at, booking.ends_at) != (inp.starts_at, inp.ends_at)
+    if reactivating:
+        result.action = "reactivated"
+    elif times_changed:
+        result.action = "rescheduled"
+    elif changed or result.added or result.cancelled or result.rescheduled:
+        result.action = "updated"
+    return result
+
+
+def _apply(conn: Connection, plan: _Plan, now: datetime) -> None:
+    ids = queries.insert_bookings(conn, plan.new_bookings)
+    inserts = [
+        {"booking_id": booking_id, **reminder}
+        for booking_id, reminders in zip(ids, plan.new_reminders, strict=True)
+        for reminder in reminders
+    ]
+    queries.update_bookings(conn, plan.booking_updates)
+    queries.insert_notifications(conn, inserts + plan.reminder_inserts)
+    queries.rearm_notifications(conn, plan.rearms)
+    queries.retime_sending(conn, plan.retimes)
+    queries.finish_unsent(conn, plan.cancels, Status.CANCELLED, REMOVED, now)
+    queries.finish_unsent(conn, plan.expires, Status.EXPIRED, USELESS, now)
+
+
+def create_bookings(
+    store: Store, inputs: Sequence[BookingInput], *, lines: Sequence[int] | None = None
+) -> list[BookingResult]:
+    """Upsert bookings and their reminders in one transaction.
+
+    ``lines`` numbers the inputs (for files): every failing input is then
+    reported by its line, and nothing is written.
+    """
+    now = store.clock()
+    seen: dict[str, int] = {}
+    errors: list[str] = []
+    label = (
+        (lambda i: f"line {lines[i]}") if lines is not None else (lambda i: inputs[i].booking_id)
+    )
+    for index, inp in enumerate(inputs):
+        if inp.booking_id in seen:
+            errors.append(
+                f"{label(index)}: booking {inp.booking_id!r} appears twice "
+                f"(first at {label(seen[inp.booking_id])})"
+            )
+        seen.setdefault(inp.booking_id, index)
+    if errors:
+        raise InvalidInput(f"{len(errors)} invalid input(s), nothing written", errors)
+    with store.transaction() as conn:
+        existing = queries.load_bookings(conn, [i.booking_id for i in inputs])
+        reminders = queries.load_notifications(conn, [b.id for b in existing.values()])
+        plan = _Plan()
+        results: list[BookingResult] = []
+        for index, inp in enumerate(inputs):
+            booking = existing.get(inp.booking_id)
+            try:
+                if booking is None:
+                    results.append(_plan_new(inp, now, plan))
+                else:
+                    results.append(_plan_existing(inp, booking, reminders[booking.id], now, plan))
+            except InvalidInput as e:
+                errors.append(f"{label(index)}: {e.message}")
+        if errors:
+            if lines is None and len(errors) == 1:
+                raise InvalidInput(errors[0].split(": ", 1)[1])
+            raise InvalidInput(f"{len(errors)} invalid input(s), nothing written", errors)
+        _apply(conn, plan, now)
+    return results
+
+
+def create_booking(store: Store, booking_id: str, **fields: Any) -> BookingResult:
+    """Python API: create or update one booking (same arguments as ``booking_input``)."""
+    return create_bookings(store, [booking_input(booking_id, now=store.clock(), **fields)])[0]
+
+
+# --- cancel -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    bookings: int
+    reminders: int
+    missing: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bookings": self.bookings,
+            "reminders": self.reminders,
+            "missing": list(self.missing),
+        }
+
+
+def cancel(
+    store: Store,
+    booking_ids: Sequence[str] = (),
+    *,
+    notification_ids: Sequence[int] = (),
+    missing_ok: bool = False,
+) -> CancelResult:
+    """Cancel bookings (and their unsent reminders) or single reminders. Idempotent."""
+    now = store.clock()
+    with store.transaction() as conn:
+        found = queries.load_bookings(conn, list(booking_ids))
+        known = queries.existing_notification_ids(conn, list(notification_ids))
+        missing = [b for b in booking_ids if b not in found]
+        missing += [str(n) for n in notification_ids if n not in known]
+        if missing and not missing_ok:
+            raise NotFound(f"not found: {', '.join(missing)} (use --missing-ok to ignore)")
+        reminders = queries.cancel_booking_rows(conn, [b.id for b in found.values()], now)
+        reminders += queries.finish_unsent(conn, sorted(known), Status.CANCELLED, "cancelled", now)
+    return CancelResult(len(found), reminders, tuple(missing))
+
+
+# --- list -------------------------------------------------------------------------------
+
+LIST_FIELDS = (
+    "id",
+    "booking_id",
+    "kind",
+    "channel",
+    "recipient",
+    "status",
+    "scheduled_at",
+    "not_after",
+    "due_at",
+    "attempts",
+    "last_error",
+    "sent_at",
+)
+
+
+@contextmanager
+def list_notifications(
+    store: Store, where: queries.ListFilter
+) -> Iterator[Iterator[dict[str, Any]]]:
+    """Matching reminders as dicts with ``LIST_FIELDS``, streamed inside a read."""
+    with store.reader() as conn:
+        yield (
+            {f: row._mapping[f] for f in LIST_FIELDS}
+            for row in queries.list_notifications(conn, where)
+        )
+
+
+@dataclass(frozen=True)
+class Summary:
+    counts: dict[str, int]
+    due_now: int
+    oldest_overdue_seconds: float | None
+    failed_last_24h: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts,
+            "due_now": self.due_now,
+            "oldest_overdue_seconds": self.oldest_overdue_seconds,
+            "failed_last_24h": self.failed_last_24h,
+        }
+
+
+def summary(store: Store) -> Summary:
+    """Counts per status, what is due, the queue lag, and recent failures."""
+    now = store.clock()
+    with store.reader() as conn:
+        counts = {s.value: 0 for s in Status} | queries.count_by_status(conn)
+        oldest = queries.oldest_due(conn, now)
+        return Summary(
+            counts=counts,
+            due_now=queries.count_due(conn, now),
+            oldest_overdue_seconds=(now - oldest).total_seconds() if oldest else None,
+            failed_last_24h=queries.count_failed_since(conn, now - timedelta(hours=24)),
+        )
