@@ -64,7 +64,7 @@ class Receiver:
         self.release = threading.Event()
         self.server = _Server(("127.0.0.1", 0), _Handler, self)
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
         self._thread.start()
 
     def url(self, path: str = "/hook", userinfo: str = "") -> str:

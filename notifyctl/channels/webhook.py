@@ -139,8 +139,9 @@ class WebhookChannel:
             "Idempotency-Key": str(message.notification_id),
             "User-Agent": USER_AGENT,
         }
+        now = self._now()
         if self._secret:
-            timestamp = int(self._now())
+            timestamp = int(now)
             headers["X-Notifyctl-Timestamp"] = str(timestamp)
             headers["X-Notifyctl-Signature"] = sign(self._secret, timestamp, body)
         try:
@@ -165,7 +166,7 @@ class WebhookChannel:
                 response.status_code,
                 response.headers.get("Retry-After"),
                 _snippet(response),
-                now=self._now(),
+                now=now,
                 scrub=scrub,
             )
         finally:
