@@ -549,6 +549,74 @@ def _configure_logging(verbose: bool) -> None:
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+# --- templates ----------------------------------------------------------------------
+
+templates_app = typer.Typer(
+    cls=NotifyctlGroup,
+    help="Check and preview message templates.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(templates_app, name="templates")
+
+TemplatesPath = Annotated[
+    str | None,
+    typer.Option(
+        "--templates",
+        envvar="NOTIFYCTL_TEMPLATES",
+        metavar="FILE",
+        help="TOML file of templates (default: the built-in texts).",
+    ),
+]
+
+
+@templates_app.command("check")
+def templates_check(
+    templates: TemplatesPath = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option("--data", metavar="KEY=VALUE", help="Sample booking data (repeatable)."),
+    ] = None,
+) -> None:
+    """Render every template against a sample booking; exit 2 on any error."""
+    from .bookfile import parse_data_pairs
+    from .texts import TemplateError, TemplateSet, check_templates
+    from .times import utcnow
+
+    template_set = (
+        TemplateSet.load(templates) if templates else TemplateSet({(None, None, None): {}})
+    )
+    count, errors = check_templates(template_set, utcnow(), parse_data_pairs(data or []))
+    if errors:
+        raise TemplateError(f"{len(errors)} template error(s)", errors)
+    _output().line(f"{count} template renderings OK" + ("" if templates else " (built-in texts)"))
+
+
+@templates_app.command("preview")
+def templates_preview(
+    booking_id: Annotated[str, typer.Argument(help="The booking whose messages to show.")],
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    templates: TemplatesPath = None,
+    json_out: JsonFlag = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Show the text each recipient of a booking would get."""
+    from .dispatch import preview_booking
+    from .kinds import parse_kind
+
+    settings = _settings(database_url, templates_path=templates)
+    with _store(settings.database_url) as store:
+        items = preview_booking(
+            store, settings, booking_id, parse_kind(kind).name if kind else None
+        )
+    output = _output()
+    if json_out:
+        output.line(render_json([item.__dict__ for item in items]))
+        return
+    for item in items:
+        output.line(f"#{item.id} {item.kind} → {item.channel}:{item.recipient}\n  {item.text}")
+
+
 # --- migrate ----------------------------------------------------------------------------
 
 

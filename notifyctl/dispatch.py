@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sqlalchemy import Row
 
@@ -27,9 +27,12 @@ from . import queries
 from .channels import CHANNELS, channel_module
 from .channels.base import Channel, ChannelContext, Delivery, Message, SendResult
 from .config import Settings, redact
-from .errors import ConfigError, InvalidInput
+from .errors import ConfigError, InvalidInput, NotFound
 from .models import Status
 from .service import Store
+
+if TYPE_CHECKING:
+    from .texts import Rendered, TemplateSet, TextFormat
 
 log = logging.getLogger("notifyctl.dispatch")
 
@@ -270,6 +273,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._stop_error: str | None = None
         self._pacer: Any = None
+        self.templates = load_templates(settings)
 
     # -- maintenance -------------------------------------------------------------------
 
@@ -393,7 +397,7 @@ class Dispatcher:
             self._stop_run(e.message)
             return Sent(claim, None, now, now)
         try:
-            message = build_message(claim, booking, channel, now)
+            message = build_message(claim, booking, channel, now, self.templates)
         except Exception as e:  # any template failure fails this reminder, not the run
             return Sent(
                 claim,
@@ -595,15 +599,55 @@ def booking_view(row: Row[Any]) -> Any:
     )
 
 
-def build_message(claim: Claim, booking: Row[Any], channel: Channel, now: datetime) -> Message:
-    """Render the reminder's text for its channel, true at ``now``."""
-    from .texts import context, render_reminder
+def load_templates(settings: Settings) -> TemplateSet | None:
+    """The operator's templates (``NOTIFYCTL_TEMPLATES``), or None for the built-in texts."""
+    if not settings.templates_path:
+        return None
+    from .texts import TemplateSet
+
+    return TemplateSet.load(settings.templates_path)
+
+
+def render_for(
+    booking: Row[Any],
+    kind: str,
+    channel: str,
+    recipient: str,
+    now: datetime,
+    templates: TemplateSet | None,
+    *,
+    text_format: TextFormat = "plain",
+    max_length: int | None = None,
+) -> tuple[Rendered, dict[str, Any]]:
+    """The rendered text of one reminder, true at ``now``, and the variables it saw."""
+    from .texts import BUILTIN, context, render_template
 
     view = booking_view(booking)
-    variables = context(view, claim.kind, claim.recipient, claim.channel, now)
-    rendered = render_reminder(
-        variables, text_format=channel.text_format, max_length=channel.max_text_length
+    variables = context(view, kind, recipient, channel, now)
+    template = templates.lookup(view.locale, kind, channel) if templates else BUILTIN
+    rendered = render_template(template, variables, text_format=text_format, max_length=max_length)
+    return rendered, variables
+
+
+def build_message(
+    claim: Claim,
+    booking: Row[Any],
+    channel: Channel,
+    now: datetime,
+    templates: TemplateSet | None = None,
+) -> Message:
+    """The message for one claimed reminder, rendered for its channel."""
+    rendered, variables = render_for(
+        booking,
+        claim.kind,
+        claim.channel,
+        claim.recipient,
+        now,
+        templates,
+        text_format=channel.text_format,
+        max_length=channel.max_text_length,
     )
+    view = booking_view(booking)
     payload = {
         "notification_id": claim.id,
         "booking_id": view.booking_id,
@@ -623,8 +667,9 @@ def build_message(claim: Claim, booking: Row[Any], channel: Channel, now: dateti
         kind=claim.kind,
         recipient=claim.recipient,
         text=rendered.text,
-        text_format=rendered.text_format,  # type: ignore[arg-type]
+        text_format=rendered.text_format,
         subject=rendered.subject,
+        html=rendered.html,
         payload=payload,
     )
 
@@ -647,26 +692,43 @@ def preview(store: Store, settings: Settings, limit: int = 1000) -> list[Preview
     with store.reader() as conn:
         rows = queries.due_preview(conn, now, limit)
         bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
+    return _previews(rows, bookings, lambda _row: now, load_templates(settings))
+
+
+def preview_booking(
+    store: Store, settings: Settings, booking_id: str, kind: str | None = None
+) -> list[Preview]:
+    """The text each recipient of a booking would get, rendered as of when it is due."""
+    now = store.clock()
+    with store.reader() as conn:
+        rows = queries.reminders_of(conn, booking_id, kind)
+        if not rows:
+            raise NotFound(
+                f"no reminders for booking {booking_id!r}" + (f" of kind {kind}" if kind else "")
+            )
+        bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
+    return _previews(rows, bookings, lambda row: max(now, row.due_at), load_templates(settings))
+
+
+def _previews(
+    rows: list[Row[Any]],
+    bookings: dict[int, Row[Any]],
+    when: Callable[[Row[Any]], datetime],
+    templates: Any,
+) -> list[Preview]:
     previews = []
     for row in rows:
-        claim = Claim(
-            row.id,
-            "",
-            row.channel,
-            row.recipient,
-            row.kind,
-            row.attempts,
-            row.not_after,
-            row.booking_id,
-        )
         try:
-            from .texts import context, render_reminder
-
-            variables = context(
-                booking_view(bookings[row.booking_id]), row.kind, row.recipient, row.channel, now
+            rendered, _ = render_for(
+                bookings[row.booking_id],
+                row.kind,
+                row.channel,
+                row.recipient,
+                when(row),
+                templates,
             )
-            text = render_reminder(variables, text_format="plain", max_length=None).text
-        except Exception as e:
-            text = redact(f"<template error: {e}>")
-        previews.append(Preview(claim.id, row.channel, row.recipient, row.kind, text))
+            text = rendered.text
+        except Exception as e:  # show the failure the run would record
+            text = redact(f"<template error: {type(e).__name__}: {e}>")
+        previews.append(Preview(row.id, row.channel, row.recipient, row.kind, text))
     return previews

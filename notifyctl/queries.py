@@ -376,6 +376,20 @@ def due_preview(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
     return rows
 
 
+def reminders_of(conn: Connection, external_id: str, kind: str | None) -> list[Row[Any]]:
+    """Every reminder of one booking (by the caller's id), optionally of one kind."""
+    stmt = (
+        select(*CLAIM_COLUMNS)
+        .join(B, B.id == N.booking_id)
+        .where(B.external_id == external_id)
+        .order_by(N.scheduled_at, N.id)
+    )
+    if kind is not None:
+        stmt = stmt.where(N.kind == kind)
+    rows: list[Any] = list(conn.execute(stmt))
+    return rows
+
+
 def due_channels(conn: Connection, now: datetime) -> list[str]:
     """The channels that have reminders due now (their config must be checked)."""
     return list(

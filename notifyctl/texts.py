@@ -1,9 +1,28 @@
-"""Message texts: built-in English texts, rendered with Jinja2 in a sandbox.
+"""Message texts: built-in English texts and operator templates (Jinja2, sandboxed).
 
 Every value that reaches a template is escaped for the channel (HTML for
-Telegram), so booking data cannot inject markup. Relative words ("today",
-"tomorrow", "in 40 minutes") are computed from ``now`` at send time, in the
-booking's own time zone.
+Telegram and email HTML parts), so booking data cannot inject markup.
+Relative words ("today", "tomorrow", "in 40 minutes") are computed from
+``now`` at send time, in the booking's own time zone.
+
+Operator templates come from a TOML file (``NOTIFYCTL_TEMPLATES``)::
+
+    [kinds.day_before]                 # per kind
+    text = "Reminder: {{ title }} starts {{ starts_relative }}."
+    subject = "Tomorrow: {{ title }}"  # email subject
+    html = "<p>{{ title }}</p>"        # email HTML part
+
+    [kinds.day_before.telegram]        # per kind and channel
+    text = "<b>{{ title }}</b> starts {{ starts_relative }}"
+
+    [locales.de.kinds.day_before]      # per locale (and .CHANNEL below it)
+    text = "Erinnerung: {{ title }} beginnt um {{ start_time }} Uhr."
+
+    [default]                          # any kind without its own entry
+    text = "…"
+
+Lookup goes from locale + kind + channel to locale + kind, kind + channel,
+kind, default, then the built-in text; ``pt-BR`` falls back to ``pt``.
 """
 
 from __future__ import annotations
@@ -13,12 +32,13 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from .errors import InvalidInput
 from .kinds import Kind, parse_kind
 
 ELLIPSIS = "…"
@@ -105,6 +125,8 @@ def context(
         "ends_relative": relative(end, local_now),
         "minutes_to_start": (start - local_now).total_seconds() / 60,
         "minutes_to_end": (end - local_now).total_seconds() / 60,
+        "days_to_start": (start.date() - local_now.date()).days,
+        "days_to_end": (end.date() - local_now.date()).days,
         "now": local_now,
     }
 
@@ -147,17 +169,21 @@ def truncate(text: str, limit: int) -> str:
     return text  # pragma: no cover - unreachable: the text was longer than the limit
 
 
+TextFormat = Literal["html", "plain"]
+
+
 @dataclass(frozen=True)
 class Rendered:
     text: str
-    text_format: str
+    text_format: TextFormat
     subject: str
+    html: str | None = None
 
 
 def render_reminder(
     variables: dict[str, Any],
     *,
-    text_format: str,
+    text_format: TextFormat,
     max_length: int | None,
     text_source: str = BUILTIN_TEXT,
     subject_source: str = BUILTIN_SUBJECT,
@@ -170,3 +196,182 @@ def render_reminder(
         plain = html.unescape(_TAG.sub("", text)) if text_format == "html" else text
         return Rendered(truncate(plain, max_length), "plain", subject)
     return Rendered(text, text_format, subject)
+
+
+# --- operator templates ---------------------------------------------------------------
+
+
+class TemplateError(InvalidInput):
+    """A templates file that cannot be read, parsed or rendered."""
+
+
+@dataclass(frozen=True)
+class Template:
+    text: str = BUILTIN_TEXT
+    subject: str = BUILTIN_SUBJECT
+    html: str | None = None
+
+
+BUILTIN = Template()
+_FIELDS = ("text", "subject", "html")
+Key = tuple[str | None, str | None, str | None]  # locale, kind, channel
+
+
+class TemplateSet:
+    """Templates by (locale, kind, channel); ``lookup`` falls back to the built-in text."""
+
+    def __init__(self, entries: dict[Key, dict[str, str]] | None = None) -> None:
+        self.entries = entries or {}
+
+    @classmethod
+    def load(cls, path: str) -> TemplateSet:
+        import tomllib
+
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+        except OSError as e:
+            raise TemplateError(f"cannot read templates file {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise TemplateError(f"templates file {path} is not valid TOML: {e}") from e
+        entries: dict[Key, dict[str, str]] = {}
+        _collect(document, None, entries, path)
+        for locale, table in _table(document.get("locales", {}), "locales", path).items():
+            _collect(_table(table, f"locales.{locale}", path), locale.lower(), entries, path)
+        unknown = set(document) - {"default", "kinds", "locales"}
+        if unknown:
+            raise TemplateError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+        return cls(entries)
+
+    def lookup(self, locale: str | None, kind: str, channel: str) -> Template:
+        fields: dict[str, str] = {}
+        for key in reversed(_candidates(locale, kind, channel)):
+            fields.update(self.entries.get(key, {}))
+        return Template(**fields) if fields else BUILTIN
+
+    def specific_keys(self) -> list[Key]:
+        return sorted(self.entries, key=lambda k: tuple(p or "" for p in k))
+
+
+def _candidates(locale: str | None, kind: str, channel: str) -> list[Key]:
+    locales: list[str | None] = []
+    if locale:
+        locales.append(locale.lower())
+        if "-" in locale:
+            locales.append(locale.split("-")[0].lower())
+    locales.append(None)
+    keys: list[Key] = []
+    for loc in locales:
+        keys += [(loc, kind, channel), (loc, kind, None)]
+    for loc in locales:
+        keys += [(loc, None, channel), (loc, None, None)]
+    return keys
+
+
+def _table(value: Any, where: str, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TemplateError(f"{path}: [{where}] must be a table")
+    return value
+
+
+def _fields(table: dict[str, Any], where: str, path: str) -> dict[str, str]:
+    found = {k: v for k, v in table.items() if k in _FIELDS}
+    for name, value in found.items():
+        if not isinstance(value, str):
+            raise TemplateError(f"{path}: {where}.{name} must be a string")
+    return found
+
+
+def _collect(
+    document: dict[str, Any], locale: str | None, out: dict[Key, dict[str, str]], path: str
+) -> None:
+    prefix = f"locales.{locale}." if locale else ""
+    if "default" in document:
+        default = _table(document["default"], f"{prefix}default", path)
+        out[(locale, None, None)] = _fields(default, f"{prefix}default", path)
+        for channel, sub in default.items():
+            if channel not in _FIELDS:
+                where = f"{prefix}default.{channel}"
+                out[(locale, None, channel)] = _fields(_table(sub, where, path), where, path)
+    for kind, table in _table(document.get("kinds", {}), f"{prefix}kinds", path).items():
+        where = f"{prefix}kinds.{kind}"
+        try:
+            name = parse_kind(kind).name
+        except InvalidInput as e:
+            raise TemplateError(f"{path}: [{where}]: {e.message}") from e
+        table = _table(table, where, path)
+        out[(locale, name, None)] = _fields(table, where, path)
+        for channel, sub in table.items():
+            if channel not in _FIELDS:
+                out[(locale, name, channel)] = _fields(
+                    _table(sub, f"{where}.{channel}", path), f"{where}.{channel}", path
+                )
+
+
+def render_template(
+    template: Template,
+    variables: dict[str, Any],
+    *,
+    text_format: TextFormat,
+    max_length: int | None,
+) -> Rendered:
+    """Text, subject and (when the template has one) HTML part for one message."""
+    rendered = render_reminder(
+        variables,
+        text_format=text_format,
+        max_length=max_length,
+        text_source=template.text,
+        subject_source=template.subject,
+    )
+    html_part = render(template.html, variables, html_escape=True) if template.html else None
+    return Rendered(rendered.text, rendered.text_format, rendered.subject, html_part)
+
+
+CHECK_CHANNELS: dict[str, TextFormat] = {
+    "telegram": "html",
+    "console": "plain",
+    "webhook": "plain",
+    "email": "plain",
+    "apprise": "plain",
+}
+
+
+def sample_booking(now: datetime, data: dict[str, Any] | None = None) -> Booking:
+    """The booking ``templates check`` renders against (markup in the title on purpose)."""
+    from datetime import timedelta
+
+    return Booking(
+        booking_id="sample-1",
+        title="Yoga <for> beginners & friends",
+        starts_at=now + timedelta(hours=26),
+        ends_at=now + timedelta(hours=27),
+        timezone="Europe/Berlin",
+        locale=None,
+        data=dict(data or {}),
+    )
+
+
+def check_templates(
+    templates: TemplateSet, now: datetime, data: dict[str, Any] | None = None
+) -> tuple[int, list[str]]:
+    """Render every template for every kind and channel it applies to; (count, errors)."""
+    from .kinds import DEFAULT_KINDS
+
+    booking = sample_booking(now, data)
+    errors: list[str] = []
+    rendered = 0
+    for locale, kind, channel in templates.specific_keys():
+        kinds = [kind] if kind else list(DEFAULT_KINDS)
+        channels = [channel] if channel else list(CHECK_CHANNELS)
+        for kind_name in kinds:
+            for channel_name in channels:
+                fmt = CHECK_CHANNELS.get(channel_name, "plain")
+                template = templates.lookup(locale, kind_name, channel_name)
+                variables = context(booking, kind_name, "sample-recipient", channel_name, now)
+                where = ".".join(p for p in (locale, kind_name, channel_name) if p)
+                try:
+                    render_template(template, variables, text_format=fmt, max_length=None)
+                    rendered += 1
+                except Exception as e:  # report every failure, keep checking
+                    errors.append(f"{where}: {type(e).__name__}: {e}")
+    return rendered, errors
