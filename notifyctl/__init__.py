@@ -29,7 +29,21 @@ _API = {
     "NotifyctlError": "errors",
 }
 
-__all__ = sorted(_API)
+__all__ = [
+    "DispatchOptions",
+    "Dispatcher",
+    "ListFilter",
+    "NotifyctlError",
+    "Settings",
+    "Store",
+    "booking_input",
+    "cancel",
+    "create_booking",
+    "create_bookings",
+    "list_notifications",
+    "open_store",
+    "summary",
+]
 
 if TYPE_CHECKING:
     from .config import Settings
