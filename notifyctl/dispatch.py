@@ -233,6 +233,7 @@ class Claim:
     attempts: int
     not_after: datetime
     booking_ref: int
+    send_by: datetime  # last moment to start sending: well inside the lease
 
 
 @dataclass
@@ -344,7 +345,11 @@ class Dispatcher:
                 if not rows:
                     return
                 report.claimed += len(rows)
-                self._send_batch(pool, rows, token, bookings, report)
+                # a send must start well before the lease runs out, or a rescuer may resend it
+                lease_s = self.options.lease_seconds
+                margin = min(lease_s / 2, lease_s * 0.2 + self.context.read_timeout)
+                send_by = now + lease - timedelta(seconds=margin)
+                self._send_batch(pool, rows, token, bookings, report, send_by)
                 if self._stop.is_set():
                     raise ConfigError(self._stop_error or "bad credentials")
 
@@ -355,6 +360,7 @@ class Dispatcher:
         token: str,
         bookings: dict[int, Row[Any]],
         report: RunReport,
+        send_by: datetime,
     ) -> None:
         futures: set[Future[Sent]] = set()
         for row in rows:
@@ -367,6 +373,7 @@ class Dispatcher:
                 row.attempts,
                 row.not_after,
                 row.booking_id,
+                send_by,
             )
             prepared = self._prepare(claim, bookings[row.booking_id])
             if isinstance(prepared, Sent):
@@ -417,7 +424,9 @@ class Dispatcher:
         if self._stop.is_set():
             now = self.clock()
             return Sent(claim, None, now, now)
-        self._pacer.wait_turn(channel.pacing_key, claim.recipient)
+        if not self._pacer.wait_turn(channel.pacing_key, claim.recipient, claim.send_by):
+            now = self.clock()
+            return Sent(claim, None, now, now)  # its turn comes too late: give it back
         started = self.clock()
         if self._stop.is_set():
             return Sent(claim, None, started, started)

@@ -109,21 +109,30 @@ class Pacer:
             with self._lock:
                 self._expected[key] = self._expected.get(key, 0) + count
 
-    def wait_turn(self, key: str | None, chat: str) -> None:
-        """Block until a message to ``chat`` under sender ``key`` may be sent."""
+    def wait_turn(self, key: str | None, chat: str, deadline: datetime) -> bool:
+        """Block until a message to ``chat`` under sender ``key`` may be sent.
+
+        False, without waiting, when that turn comes after ``deadline`` (e.g. a
+        long 429 pause would outlast the claim's lease): the caller gives the
+        reminder back instead of sending it late.
+        """
         if key is None:
-            return
-        self._wait_until(self._chats.reserve(chat, self._clock()))
+            return True
+        if not self._wait_until(self._chats.reserve(chat, self._clock()), deadline):
+            return False
         with self._lock:
             wanted = max(1, self._expected.get(key, 1))
             self._expected[key] = wanted - 1
-        self._wait_until(self._slots(key).take(wanted))
+        return self._wait_until(self._slots(key).take(wanted), deadline)
 
     def pause(self, key: str | None, seconds: float) -> None:
         if key is not None:
             self._slots(key).pause(seconds)
 
-    def _wait_until(self, when: datetime) -> None:
+    def _wait_until(self, when: datetime, deadline: datetime) -> bool:
+        if when > deadline:
+            return False
         delay = (when - self._clock()).total_seconds()
         if delay > 0:
             self._sleep(delay)
+        return True

@@ -20,6 +20,7 @@ import email.policy
 import email.utils
 import re
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -241,14 +242,14 @@ class EmailChannel:
     def _open(self) -> smtplib.SMTP:
         target = self._target
         smtp: smtplib.SMTP
+        # connects and checks the 220 greeting (closing the socket when it is not)
         if target.security == "tls":
-            smtp = smtplib.SMTP_SSL(timeout=self._connect_timeout, context=self._tls())
+            smtp = _SMTPS(
+                target.host, target.port, timeout=self._connect_timeout, context=self._tls()
+            )
         else:
-            smtp = smtplib.SMTP(timeout=self._connect_timeout)
+            smtp = smtplib.SMTP(target.host, target.port, timeout=self._connect_timeout)
         try:
-            code, reply = smtp.connect(target.host, target.port)
-            if code != 220:
-                raise smtplib.SMTPConnectError(code, reply)
             if smtp.sock is not None:
                 smtp.sock.settimeout(self._read_timeout)
             smtp.ehlo_or_helo_if_needed()
@@ -301,6 +302,18 @@ class EmailChannel:
                 pass
             finally:
                 smtp.close()
+
+
+class _SMTPS(smtplib.SMTP_SSL):
+    """Implicit TLS that closes its socket when the handshake fails."""
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), timeout)
+        try:
+            return self.context.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
 
 
 def _recipient_code(error: smtplib.SMTPRecipientsRefused) -> int:
