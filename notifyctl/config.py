@@ -74,13 +74,11 @@ def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``."""
     try:
         parts = urlsplit(url)
+        if parts.password is None:
+            return url
     except ValueError:
         return REDACTED
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]
     netloc = f"{parts.username or ''}:{REDACTED}@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
 

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import email.utils
 import hashlib
 import hmac
 import io
 import json
 import socket
-import threading
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -25,6 +22,7 @@ from notifyctl.channels import webhook as wh
 from notifyctl.channels.base import ChannelContext, Delivery, Message, SendResult
 from notifyctl.config import Settings
 from notifyctl.errors import InvalidInput
+from tests.fakes.http_receiver import Answer, HttpReceiver, closed_port
 
 NOW = 1_700_000_000.0
 SECRET = "whsec-test-0123456789"
@@ -32,102 +30,10 @@ PASSWORD = "pw-Sup3rSecret"
 PATH_TOKEN = "T0KEN-in-the-path-abcdef"
 
 
-# --- a scripted receiver --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b'{"ok":true}'
-    action: str = "reply"  # "reply" | "hang" (until teardown) | "drop" (close, no answer)
-
-
-class Receiver:
-    """Records every request; answers from a script, then 200."""
-
-    def __init__(self) -> None:
-        self.requests: list[Received] = []
-        self._answers: deque[Answer] = deque()
-        self._lock = threading.Lock()
-        self.release = threading.Event()
-        self.server = _Server(("127.0.0.1", 0), _Handler, self)
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
-        self._thread.start()
-
-    def url(self, path: str = "/hook", userinfo: str = "") -> str:
-        return f"http://{userinfo}127.0.0.1:{self.port}{path}"
-
-    def script(self, *answers: Answer) -> None:
-        with self._lock:
-            self._answers.extend(answers)
-
-    def record(self, request: Received) -> Answer:
-        with self._lock:
-            self.requests.append(request)
-            return self._answers.popleft() if self._answers else Answer()
-
-    def stop(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the handler threads
-    block_on_close = True
-
-    def __init__(self, address: tuple[str, int], handler: type, receiver: Receiver) -> None:
-        self.receiver = receiver
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    timeout = 5
-    server: _Server
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        answer = self.server.receiver.record(Received("POST", self.path, headers, body))
-        if answer.action == "hang":
-            self.server.receiver.release.wait(5)
-            self.close_connection = True
-            return
-        if answer.action == "drop":
-            self.close_connection = True
-            return
-        self.send_response(answer.status)
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(answer.body)))
-        self.end_headers()
-        self.wfile.write(answer.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
+def receiver() -> Iterator[HttpReceiver]:
+    with HttpReceiver() as rx:
+        yield rx
 
 
 def make_context(secret: str | None = None, **timeouts: float) -> ChannelContext:
@@ -175,12 +81,6 @@ def make_message(url: str, notification_id: int = 42, **extra: Any) -> Message:
         text='Reminder: "Yoga" starts in 1 hour at 18:00 (Europe/Berlin).',
         payload=payload,
     )
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- validation -----------------------------------------------------------------------
@@ -243,7 +143,7 @@ def test_channel_shape() -> None:
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204])
-def test_2xx_is_sent(receiver: Receiver, channel: wh.WebhookChannel, status: int) -> None:
+def test_2xx_is_sent(receiver: HttpReceiver, channel: wh.WebhookChannel, status: int) -> None:
     body = b"" if status == 204 else b"{}"
     receiver.script(Answer(status, body=body))
     result = channel.send(make_message(receiver.url()))
@@ -251,7 +151,7 @@ def test_2xx_is_sent(receiver: Receiver, channel: wh.WebhookChannel, status: int
 
 
 def test_posts_compact_sorted_json_with_idempotency_key(
-    receiver: Receiver, channel: wh.WebhookChannel
+    receiver: HttpReceiver, channel: wh.WebhookChannel
 ) -> None:
     message = make_message(receiver.url(), notification_id=7)
     assert channel.send(message).delivery is Delivery.SENT
@@ -266,13 +166,14 @@ def test_posts_compact_sorted_json_with_idempotency_key(
     assert "x-notifyctl-timestamp" not in request.headers
     document = request.json()
     assert document == {**message.payload, "text": message.text}
-    assert request.body == json.dumps(
-        document, separators=(",", ":"), sort_keys=True, ensure_ascii=False
-    ).encode()
+    assert (
+        request.body
+        == json.dumps(document, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    )
 
 
 def test_the_same_notification_keeps_its_idempotency_key(
-    receiver: Receiver, channel: wh.WebhookChannel
+    receiver: HttpReceiver, channel: wh.WebhookChannel
 ) -> None:
     receiver.script(Answer(500))
     message = make_message(receiver.url(), notification_id=99)
@@ -283,7 +184,7 @@ def test_the_same_notification_keeps_its_idempotency_key(
 
 
 def test_signature_verifies_with_an_independent_hmac(
-    receiver: Receiver, signed_channel: wh.WebhookChannel
+    receiver: HttpReceiver, signed_channel: wh.WebhookChannel
 ) -> None:
     assert signed_channel.send(make_message(receiver.url())).delivery is Delivery.SENT
 
@@ -307,7 +208,7 @@ def test_signature_verifies_with_an_independent_hmac(
     assert not hmac.compare_digest(received, replayed)
 
 
-def test_signature_uses_the_injected_clock_on_each_send(receiver: Receiver) -> None:
+def test_signature_uses_the_injected_clock_on_each_send(receiver: HttpReceiver) -> None:
     ticks = iter([NOW, NOW + 61])
     ch = wh.open_channel(make_context(SECRET), now=lambda: next(ticks))
     try:
@@ -320,10 +221,8 @@ def test_signature_uses_the_injected_clock_on_each_send(receiver: Receiver) -> N
 
 
 def test_payload_datetimes_are_iso_and_body_has_no_url_password(
-    receiver: Receiver, channel: wh.WebhookChannel
+    receiver: HttpReceiver, channel: wh.WebhookChannel
 ) -> None:
-    import datetime as dt
-
     url = receiver.url(userinfo=f"svc:{PASSWORD}@")
     when = dt.datetime(2025, 3, 30, 16, 0, tzinfo=dt.UTC)
     assert channel.send(make_message(url, starts_at=when)).delivery is Delivery.SENT
@@ -351,7 +250,11 @@ def test_payload_datetimes_are_iso_and_body_has_no_url_password(
     ],
 )
 def test_429_and_503_with_retry_after_wait_that_long(
-    receiver: Receiver, channel: wh.WebhookChannel, status: int, retry_after: str, seconds: float
+    receiver: HttpReceiver,
+    channel: wh.WebhookChannel,
+    status: int,
+    retry_after: str,
+    seconds: float,
 ) -> None:
     receiver.script(Answer(status, {"Retry-After": retry_after}, b"slow down"))
     result = channel.send(make_message(receiver.url()))
@@ -374,7 +277,7 @@ def test_429_and_503_with_retry_after_wait_that_long(
     ],
 )
 def test_other_5xx_and_unusable_retry_after_back_off(
-    receiver: Receiver, channel: wh.WebhookChannel, status: int, headers: dict[str, str]
+    receiver: HttpReceiver, channel: wh.WebhookChannel, status: int, headers: dict[str, str]
 ) -> None:
     receiver.script(Answer(status, headers, b"<html>\n  <p>upstream\n trouble</p>\n</html>"))
     result = channel.send(make_message(receiver.url()))
@@ -386,7 +289,7 @@ def test_other_5xx_and_unusable_retry_after_back_off(
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 413, 422])
 def test_other_4xx_fail_at_once(
-    receiver: Receiver, channel: wh.WebhookChannel, status: int
+    receiver: HttpReceiver, channel: wh.WebhookChannel, status: int
 ) -> None:
     receiver.script(Answer(status, body=b'{"error":"nope"}'))
     result = channel.send(make_message(receiver.url()))
@@ -395,7 +298,7 @@ def test_other_4xx_fail_at_once(
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_redirects_are_not_followed_and_fail(
-    receiver: Receiver, channel: wh.WebhookChannel, status: int
+    receiver: HttpReceiver, channel: wh.WebhookChannel, status: int
 ) -> None:
     receiver.script(Answer(status, {"Location": receiver.url("/elsewhere")}, b""))
     result = channel.send(make_message(receiver.url()))
@@ -413,7 +316,7 @@ def test_connection_refused_backs_off(channel: wh.WebhookChannel) -> None:
     assert "ConnectionError" in (result.error or "")
 
 
-def test_connect_timeout_backs_off_as_certain(receiver: Receiver) -> None:
+def test_connect_timeout_backs_off_as_certain(receiver: HttpReceiver) -> None:
     # a listener whose accept queue is full: the handshake never completes
     with contextlib.ExitStack() as stack:
         listener = stack.enter_context(socket.socket())
@@ -435,7 +338,7 @@ def test_connect_timeout_backs_off_as_certain(receiver: Receiver) -> None:
     assert "ConnectTimeout" in (result.error or "")
 
 
-def test_read_timeout_backs_off_as_uncertain(receiver: Receiver) -> None:
+def test_read_timeout_backs_off_as_uncertain(receiver: HttpReceiver) -> None:
     receiver.script(Answer(action="hang"))
     ch = wh.open_channel(make_context(connect_timeout=2, read_timeout=0.2))
     try:
@@ -449,7 +352,7 @@ def test_read_timeout_backs_off_as_uncertain(receiver: Receiver) -> None:
 
 
 def test_connection_dropped_after_the_request_backs_off_as_uncertain(
-    receiver: Receiver, channel: wh.WebhookChannel
+    receiver: HttpReceiver, channel: wh.WebhookChannel
 ) -> None:
     receiver.script(Answer(action="drop"))
     result = channel.send(make_message(receiver.url()))
@@ -462,7 +365,7 @@ def test_connection_dropped_after_the_request_backs_off_as_uncertain(
 # --- secrets --------------------------------------------------------------------------
 
 
-def test_url_credentials_and_path_tokens_never_appear_in_errors(receiver: Receiver) -> None:
+def test_url_credentials_and_path_tokens_never_appear_in_errors(receiver: HttpReceiver) -> None:
     userinfo = f"svc:{PASSWORD}@"
     path = f"/hooks/{PATH_TOKEN}?sig={PATH_TOKEN}"
     receiver.script(
@@ -498,7 +401,7 @@ def test_url_credentials_and_path_tokens_never_appear_in_errors(receiver: Receiv
             assert secret not in result.error, result.error
 
 
-def test_a_shared_session_is_used_and_left_open(receiver: Receiver) -> None:
+def test_a_shared_session_is_used_and_left_open(receiver: HttpReceiver) -> None:
     session = requests.Session()
     seen: list[int] = []
     session.hooks["response"].append(lambda r, *a, **k: seen.append(r.status_code))

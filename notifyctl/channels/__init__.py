@@ -12,6 +12,7 @@ import importlib
 import re
 from types import ModuleType
 
+from ..config import redact_url
 from ..errors import InvalidInput
 
 CHANNELS: dict[str, str] = {
@@ -33,6 +34,8 @@ def channel_module(name: str) -> ModuleType:
 def parse_recipient(raw: str) -> tuple[str, str]:
     """``--to`` value → (channel, normalised address); exit 2 when invalid."""
     text = raw.strip()
+    prefix, sep, rest = text.partition(":")
+    raw = f"{prefix}{sep}{redact_url(rest)}"  # as messages show it: no URL password
     if _TELEGRAM_SHORT.fullmatch(text):
         channel, address = "telegram", text
     elif ":" in text:

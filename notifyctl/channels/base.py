@@ -87,7 +87,7 @@ class Channel(Protocol):
     text_format: TextFormat
     #: key of the shared rate limit (pacing row) this channel sends under, if any
     pacing_key: str | None
-    #: sends per second allowed for one pacing key (None: only --rate-limit)
+    #: longest text the provider accepts (None: no limit); longer text is cut with "…"
     max_text_length: int | None
 
     def send(self, message: Message) -> SendResult: ...

@@ -223,7 +223,7 @@ class EmailChannel:
                     continue  # the server closed the idle connection: nothing was sent
                 # a drop during DATA may come after the server took the message
                 return SendResult.retry(
-                    _clean(f"SMTP: {e or 'server disconnected'}"), uncertain=stage == "data"
+                    _clean(f"SMTP: {str(e) or 'server disconnected'}"), uncertain=stage == "data"
                 )
             except smtplib.SMTPResponseException as e:
                 self._reset(e.smtp_code)
@@ -354,7 +354,7 @@ def classify_error(error: BaseException, *, uncertain: bool = False) -> SendResu
         )
     if isinstance(error, smtplib.SMTPServerDisconnected):
         return SendResult.retry(
-            _clean(f"SMTP: {error or 'server disconnected'}"), uncertain=uncertain
+            _clean(f"SMTP: {str(error) or 'server disconnected'}"), uncertain=uncertain
         )
     return SendResult.retry(_clean(f"SMTP: {type(error).__name__}: {error}"), uncertain=uncertain)
 
