@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from sqlalchemy import Row
 
 from . import queries
-from .channels import CHANNELS, channel_module
+from .channels import CHANNELS, channel_module, shown_recipient
 from .channels.base import Channel, ChannelContext, Delivery, Message, SendResult
 from .config import Settings, redact
 from .errors import ConfigError, InvalidInput, NotFound
@@ -523,7 +523,7 @@ class Dispatcher:
             "reminder %s %s:%s %s%s",
             claim.id,
             claim.channel,
-            claim.recipient,
+            shown_recipient(claim.recipient),
             outcome.action,
             f" ({outcome.error})" if outcome.error else "",
             extra={"action": outcome.action, "notification_id": claim.id},
@@ -739,5 +739,7 @@ def _previews(
             text = rendered.text
         except Exception as e:  # show the failure the run would record
             text = redact(f"<template error: {type(e).__name__}: {e}>")
-        previews.append(Preview(row.id, row.channel, row.recipient, row.kind, text))
+        previews.append(
+            Preview(row.id, row.channel, shown_recipient(row.recipient), row.kind, text)
+        )
     return previews

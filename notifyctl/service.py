@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row
 
 from . import queries
-from .channels import parse_recipient
+from .channels import parse_recipient, shown_recipient
 from .db import check_schema, make_engine, translate_errors
 from .errors import InvalidInput, NotFound
 from .kinds import Kind, parse_kinds
@@ -466,10 +466,13 @@ def list_notifications(
 ) -> Iterator[Iterator[dict[str, Any]]]:
     """Matching reminders as dicts with ``LIST_FIELDS``, streamed inside a read."""
     with store.reader() as conn:
-        yield (
-            {f: row._mapping[f] for f in LIST_FIELDS}
-            for row in queries.list_notifications(conn, where)
-        )
+        yield (_listed(row) for row in queries.list_notifications(conn, where))
+
+
+def _listed(row: Row[Any]) -> dict[str, Any]:
+    fields = {f: row._mapping[f] for f in LIST_FIELDS}
+    fields["recipient"] = shown_recipient(fields["recipient"])
+    return fields
 
 
 @dataclass(frozen=True)

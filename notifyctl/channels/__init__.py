@@ -31,6 +31,11 @@ def channel_module(name: str) -> ModuleType:
     return importlib.import_module(CHANNELS[name])
 
 
+def shown_recipient(recipient: str) -> str:
+    """A recipient as output shows it: passwords inside URLs masked."""
+    return redact_url(recipient) if "@" in recipient and "://" in recipient else recipient
+
+
 def parse_recipient(raw: str) -> tuple[str, str]:
     """``--to`` value → (channel, normalised address); exit 2 when invalid."""
     text = raw.strip()
