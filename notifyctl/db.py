@@ -11,17 +11,54 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc, text
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    TypeDecorator,
+    create_engine,
+    event,
+    exc,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 
 from .config import redact_url
 from .errors import ConfigError, DatabaseError, SchemaNotCurrent
+from .times import Clock, utcnow
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: the Alembic head this code expects; commands check it without importing Alembic
+SCHEMA_REVISION = "0001"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC; returns aware UTC datetimes (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 def normalise_url(raw: str) -> URL:
@@ -129,3 +166,43 @@ def check_schema(engine: Engine, expected: str) -> None:
 
 def is_postgres(conn: Connection | Engine) -> bool:
     return conn.dialect.name == "postgresql"
+
+
+@dataclass
+class Store:
+    """An open store: the engine plus the clock every use case reads."""
+
+    engine: Engine
+    clock: Clock = utcnow
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with translate_errors(self.url), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def reader(self) -> Iterator[Connection]:
+        with (
+            translate_errors(self.url),
+            self.engine.connect().execution_options(readonly=True) as conn,
+        ):
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(database_url: str, *, clock: Clock = utcnow, check: bool = True) -> Store:
+    """Connect to a migrated store; exit-4 errors when unreachable or not at head."""
+    engine = make_engine(database_url, create_file=False)
+    if check:
+        with translate_errors(database_url):
+            check_schema(engine, SCHEMA_REVISION)
+    return Store(engine, clock)

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -27,8 +27,11 @@ from . import queries
 from .channels import CHANNELS, channel_module, shown_recipient
 from .channels.base import Channel, ChannelContext, Delivery, Message, SendResult
 from .config import Settings, redact
-from .errors import ConfigError, InvalidInput, NotFound
+from .errors import ConfigError, NotFound
 from .models import Status
+from .runs import BACKOFF_CAP, DispatchOptions, RunReport
+
+__all__ = ["DispatchOptions", "Dispatcher", "RunReport", "decide", "decide_retry"]
 from .service import Store
 
 if TYPE_CHECKING:
@@ -36,37 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("notifyctl.dispatch")
 
-BACKOFF_CAP = 3600.0
 JITTER = 0.2
-
-
-@dataclass(frozen=True)
-class DispatchOptions:
-    batch_size: int = 50
-    max_seconds: float = 50.0
-    concurrency: int = 8
-    lease_seconds: float = 300.0
-    max_attempts: int = 10
-    backoff_base: float = 30.0
-    rate_limit: float = 25.0
-    dry_run: bool = False
-
-    def validate(self) -> DispatchOptions:
-        checks = [
-            (1 <= self.batch_size <= 10_000, "--batch-size must be 1-10000"),
-            (0 < self.max_seconds <= 86_400, "--max-seconds must be > 0"),
-            (1 <= self.concurrency <= 256, "--concurrency must be 1-256"),
-            (10 <= self.lease_seconds <= 86_400, "--lease-seconds must be 10-86400"),
-            (1 <= self.max_attempts <= 1000, "--max-attempts must be 1-1000"),
-            (0 < self.backoff_base <= BACKOFF_CAP, "--backoff-base must be 0-3600 seconds"),
-            (0 < self.rate_limit <= 10_000, "--rate-limit must be > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidInput(message)
-        if self.lease_seconds <= self.max_seconds:
-            raise InvalidInput("--lease-seconds must be longer than --max-seconds")
-        return self
 
 
 # --- pure decisions -------------------------------------------------------------------
@@ -166,59 +139,6 @@ def decide(
 
 
 # --- the run --------------------------------------------------------------------------
-
-
-COUNTERS = ("claimed", "sent", "retried", "rate_limited", "failed", "expired", "rescued")
-
-
-@dataclass
-class RunReport:
-    run_id: int | None = None
-    claimed: int = 0
-    sent: int = 0
-    retried: int = 0
-    rate_limited: int = 0
-    failed: int = 0
-    expired: int = 0
-    rescued: int = 0
-    moved: int = 0
-    released: int = 0
-    lost_lease: int = 0
-    exit_code: int = 0
-    error: str | None = None
-    duration_seconds: float = 0.0
-    by_channel: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def idle(self) -> bool:
-        return not any(getattr(self, c) for c in (*COUNTERS, "moved", "released"))
-
-    def counts(self) -> dict[str, int]:
-        return {c: getattr(self, c) for c in COUNTERS}
-
-    def count(self, action: str, channel: str) -> None:
-        counter = {"retry": "retried", "moved": "moved"}.get(action, action)
-        setattr(self, counter, getattr(self, counter) + 1)
-        per = self.by_channel.setdefault(channel, {})
-        per[action] = per.get(action, 0) + 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary_line(self) -> str:
-        parts = [f"{self.sent} sent"]
-        for name in (
-            "retried",
-            "rate_limited",
-            "failed",
-            "expired",
-            "rescued",
-            "moved",
-            "released",
-        ):
-            if getattr(self, name):
-                parts.append(f"{getattr(self, name)} {name.replace('_', ' ')}")
-        return f"dispatch: {', '.join(parts)} in {self.duration_seconds:.1f}s"
 
 
 @dataclass(frozen=True)

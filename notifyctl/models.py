@@ -1,14 +1,13 @@
 """The store: bookings, their reminders, the attempts history, runs and pacing.
 
-Every datetime column is ``UTCDateTime``: aware UTC in, aware UTC out, on
-both dialects. ``SCHEMA_REVISION`` names the Alembic head this code expects,
-so commands can check the schema without importing Alembic.
+Every datetime column is ``db.UTCDateTime``: aware UTC in, aware UTC out, on
+both dialects.
 """
 
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -16,44 +15,19 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
-    DateTime,
-    Dialect,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     Text,
-    TypeDecorator,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_REVISION = "0001"
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Stores UTC; returns aware UTC datetimes (SQLite drops the zone)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
+from .db import SCHEMA_REVISION as SCHEMA_REVISION
+from .db import UTCDateTime as UTCDateTime
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")

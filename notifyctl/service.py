@@ -14,61 +14,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row
+from sqlalchemy import Connection, Row
 
 from . import queries
 from .channels import parse_recipient, shown_recipient
-from .db import check_schema, make_engine, translate_errors
+from .db import Store as Store
+from .db import open_store as open_store
 from .errors import InvalidInput, NotFound
 from .kinds import Kind, parse_kinds
-from .models import SCHEMA_REVISION, BookingStatus, Status
-from .times import Clock, parse_time, parse_zone, utcnow
+from .models import BookingStatus, Status
+from .times import parse_time, parse_zone
 
 REMOVED = "removed from the booking"
 USELESS = "rescheduled to a time when it is no longer useful"
 _BOOKING_ID = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 _DATA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-
-
-@dataclass
-class Store:
-    """An open store: the engine plus the clock every use case reads."""
-
-    engine: Engine
-    clock: Clock = utcnow
-
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        with translate_errors(self.url), self.engine.begin() as conn:
-            yield conn
-
-    @contextmanager
-    def reader(self) -> Iterator[Connection]:
-        with (
-            translate_errors(self.url),
-            self.engine.connect().execution_options(readonly=True) as conn,
-        ):
-            try:
-                yield conn
-            finally:
-                conn.rollback()
-
-    @property
-    def url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-def open_store(database_url: str, *, clock: Clock = utcnow, check: bool = True) -> Store:
-    """Connect to a migrated store; exit-4 errors when unreachable or not at head."""
-    engine = make_engine(database_url, create_file=False)
-    if check:
-        with translate_errors(database_url):
-            check_schema(engine, SCHEMA_REVISION)
-    return Store(engine, clock)
 
 
 # --- create -----------------------------------------------------------------------------

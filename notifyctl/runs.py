@@ -1,0 +1,150 @@
+"""What a dispatch run is told and what it reports, and the idle check.
+
+Cron runs dispatch every minute and most runs find nothing to do. This module
+answers "is there anything due, useless or stuck?" with one indexed query and
+records such an idle run, without loading the ORM models, the dispatch engine
+or any channel: an idle run costs little more than starting Python (SPEC §9).
+Its two statements are plain SQL for that reason; every other statement lives
+in ``queries``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, text
+
+from .db import Store, UTCDateTime
+from .errors import InvalidInput
+
+BACKOFF_CAP = 3600.0
+
+
+@dataclass(frozen=True)
+class DispatchOptions:
+    batch_size: int = 50
+    max_seconds: float = 50.0
+    concurrency: int = 8
+    lease_seconds: float = 300.0
+    max_attempts: int = 10
+    backoff_base: float = 30.0
+    rate_limit: float = 25.0
+    dry_run: bool = False
+
+    def validate(self) -> DispatchOptions:
+        checks = [
+            (1 <= self.batch_size <= 10_000, "--batch-size must be 1-10000"),
+            (0 < self.max_seconds <= 86_400, "--max-seconds must be > 0"),
+            (1 <= self.concurrency <= 256, "--concurrency must be 1-256"),
+            (10 <= self.lease_seconds <= 86_400, "--lease-seconds must be 10-86400"),
+            (1 <= self.max_attempts <= 1000, "--max-attempts must be 1-1000"),
+            (0 < self.backoff_base <= BACKOFF_CAP, "--backoff-base must be 0-3600 seconds"),
+            (0 < self.rate_limit <= 10_000, "--rate-limit must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidInput(message)
+        if self.lease_seconds <= self.max_seconds:
+            raise InvalidInput("--lease-seconds must be longer than --max-seconds")
+        return self
+
+
+COUNTERS = ("claimed", "sent", "retried", "rate_limited", "failed", "expired", "rescued")
+
+
+@dataclass
+class RunReport:
+    run_id: int | None = None
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    rate_limited: int = 0
+    failed: int = 0
+    expired: int = 0
+    rescued: int = 0
+    moved: int = 0
+    released: int = 0
+    lost_lease: int = 0
+    exit_code: int = 0
+    error: str | None = None
+    duration_seconds: float = 0.0
+    by_channel: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def idle(self) -> bool:
+        return not any(getattr(self, c) for c in (*COUNTERS, "moved", "released"))
+
+    def counts(self) -> dict[str, int]:
+        return {c: getattr(self, c) for c in COUNTERS}
+
+    def count(self, action: str, channel: str) -> None:
+        counter = {"retry": "retried", "moved": "moved"}.get(action, action)
+        setattr(self, counter, getattr(self, counter) + 1)
+        per = self.by_channel.setdefault(channel, {})
+        per[action] = per.get(action, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary_line(self) -> str:
+        parts = [f"{self.sent} sent"]
+        for name in (
+            "retried",
+            "rate_limited",
+            "failed",
+            "expired",
+            "rescued",
+            "moved",
+            "released",
+        ):
+            if getattr(self, name):
+                parts.append(f"{getattr(self, name)} {name.replace('_', ' ')}")
+        return f"dispatch: {', '.join(parts)} in {self.duration_seconds:.1f}s"
+
+
+_ANY_WORK = text(
+    "SELECT 1 FROM notifications WHERE status = 'pending' AND due_at <= :now "
+    "UNION ALL "
+    "SELECT 1 FROM notifications WHERE status = 'pending' AND not_after <= :now "
+    "UNION ALL "
+    "SELECT 1 FROM notifications WHERE status = 'sending' AND lease_expires_at <= :now "
+    "LIMIT 1"
+).bindparams(bindparam("now", type_=UTCDateTime))
+
+_RECORD_IDLE_RUN = text(
+    "INSERT INTO dispatch_runs (host, pid, started_at, finished_at, claimed, sent, retried, "
+    "rate_limited, failed, expired, rescued, exit_code) "
+    "VALUES (:host, :pid, :started, :finished, 0, 0, 0, 0, 0, 0, 0, 0)"
+).bindparams(bindparam("started", type_=UTCDateTime), bindparam("finished", type_=UTCDateTime))
+
+
+def has_work(conn: Connection, now: datetime) -> bool:
+    """Anything due, past its useful time, or held by a lease that ran out?
+
+    Each branch is served by a partial index (ix_notifications_due, _not_after, _lease).
+    """
+    return conn.execute(_ANY_WORK, {"now": now}).first() is not None
+
+
+def record_idle_run(
+    conn: Connection, host: str, pid: int, started: datetime, finished: datetime
+) -> None:
+    """An idle run is still a run: monitoring counts the time since the last success."""
+    conn.execute(
+        _RECORD_IDLE_RUN, {"host": host, "pid": pid, "started": started, "finished": finished}
+    )
+
+
+def idle_run(store: Store) -> RunReport | None:
+    """Record and report a run with nothing to do; None when there is work."""
+    import os
+    import socket
+
+    started = store.clock()
+    with store.transaction() as conn:
+        if has_work(conn, started):
+            return None
+        record_idle_run(conn, socket.gethostname(), os.getpid(), started, store.clock())
+    return RunReport()
