@@ -14,20 +14,36 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    Float,
+    Integer,
     Row,
     and_,
     bindparam,
+    case,
+    cast,
+    delete,
     exists,
+    extract,
     func,
     insert,
+    null,
     or_,
     select,
     update,
 )
 from sqlalchemy.orm import aliased
 
-from .models import Booking, DeliveryAttempt, DispatchRun, Notification, Pacing, Status
+from .models import (
+    FINAL_STATUSES,
+    Booking,
+    DeliveryAttempt,
+    DispatchRun,
+    Notification,
+    Pacing,
+    Status,
+)
 
 N = Notification
 B = Booking
@@ -79,9 +95,50 @@ def update_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None
     conn.execute(update(B).where(B.id == bindparam("b_id")).values(values), list(rows))
 
 
+NEW_REMINDER_COLUMNS = (
+    "booking_id",
+    "kind",
+    "channel",
+    "recipient",
+    "scheduled_at",
+    "not_after",
+    "due_at",
+    "status",
+    "attempts",
+    "created_at",
+    "updated_at",
+)
+
+
 def insert_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(N), list(rows))
+    """Bulk insert of new reminders (``NEW_REMINDER_COLUMNS``).
+
+    ``create --from-file`` writes hundreds of thousands of these: the rows go to
+    the driver's executemany as tuples, with each value put through its column
+    type's bind processor once, instead of SQLAlchemy's per-row parameter
+    construction, which cost more than the insert itself.
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    processors = [N.__table__.c[c].type.bind_processor(dialect) for c in NEW_REMINDER_COLUMNS]
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO notifications ({', '.join(NEW_REMINDER_COLUMNS)}) "
+        f"VALUES ({', '.join([marker] * len(NEW_REMINDER_COLUMNS))})"
+    )
+    conn.exec_driver_sql(
+        sql,
+        [
+            tuple(
+                value if process is None else process(value)
+                for process, value in zip(
+                    processors, (row[c] for c in NEW_REMINDER_COLUMNS), strict=True
+                )
+            )
+            for row in rows
+        ],
+    )
 
 
 REARM_FIELDS = (
@@ -563,3 +620,196 @@ def pause_sender(conn: Connection, key: str, until: datetime, now: datetime) -> 
         .where(Pacing.key == key, Pacing.next_slot_at < until)
         .values(next_slot_at=until, updated_at=now)
     )
+
+
+# --- ops: stats / prune ----------------------------------------------------------------
+
+A = DeliveryAttempt
+R = DispatchRun
+UNFINISHED = (Status.PENDING, Status.SENDING)
+
+
+def count_with_status(conn: Connection, status: Status) -> int:
+    """Reminders in one status (pending and sending read their partial indexes)."""
+    return conn.scalar(select(func.count()).where(N.status == status)) or 0
+
+
+def finished_counts(conn: Connection, since: datetime) -> list[Row[Any]]:
+    """(channel, kind, status, count) of reminders finished at or after ``since``."""
+    return list(
+        conn.execute(
+            select(N.channel, N.kind, N.status, func.count().label("count"))
+            .where(N.updated_at >= since, N.status.in_(FINAL_STATUSES))
+            .group_by(N.channel, N.kind, N.status)
+        )
+    )
+
+
+def retry_counts(conn: Connection, since: datetime) -> list[Row[Any]]:
+    """(channel, kind, count) of attempts since ``since`` whose outcome was a retry."""
+    return list(
+        conn.execute(
+            select(N.channel, N.kind, func.count().label("count"))
+            .select_from(A)
+            .join(N, N.id == A.notification_id)
+            .where(A.started_at >= since, A.outcome == "retry")
+            .group_by(N.channel, N.kind)
+        )
+    )
+
+
+def _lateness_seconds(conn: Connection) -> ColumnElement[float]:
+    """``sent_at - scheduled_at`` in seconds (SQLite's date functions keep milliseconds)."""
+    if conn.dialect.name == "postgresql":
+        return cast(extract("epoch", N.sent_at - N.scheduled_at), Float)
+    return (func.julianday(N.sent_at) - func.julianday(N.scheduled_at)) * 86400.0
+
+
+def lateness(conn: Connection, since: datetime, *, by_group: bool = True) -> list[Row[Any]]:
+    """p50, p95 and max of ``sent_at - scheduled_at`` (seconds) of reminders sent since ``since``.
+
+    Per (channel, kind) with ``by_group``, else one row over everything (its
+    channel and kind are NULL). Percentiles interpolate like PostgreSQL's
+    ``percentile_cont``; SQLite has none, so there each row is ranked with
+    window functions and the two rows around the percentile's position are
+    weighted. No row is loaded into Python either way.
+    """
+    seconds = _lateness_seconds(conn)
+    sent = and_(N.updated_at >= since, N.status == Status.SENT, N.sent_at.is_not(None))
+    groups: list[Any] = [N.channel, N.kind] if by_group else []
+    no_group: list[Any] = [null().label("channel"), null().label("kind")]
+    if conn.dialect.name == "postgresql":
+        stmt = select(
+            *(groups or no_group),
+            func.percentile_cont(0.5).within_group(seconds).label("p50"),
+            func.percentile_cont(0.95).within_group(seconds).label("p95"),
+            func.max(seconds).label("max"),
+        ).where(sent)
+        return list(conn.execute(stmt.group_by(*groups) if groups else stmt))
+    ranked = (
+        select(
+            *groups,
+            seconds.label("seconds"),
+            func.row_number().over(partition_by=groups or None, order_by=seconds).label("rn"),
+            func.count().over(partition_by=groups or None).label("cnt"),
+        )
+        .where(sent)
+        .subquery()
+    )
+
+    def percentile(p: float) -> ColumnElement[Any]:
+        position = 1 + p * (ranked.c.cnt - 1)  # 1-based, between two ranks
+        low = cast(position, Integer)  # truncation is floor: position >= 1
+        weight = position - low
+        return func.sum(
+            case(
+                (ranked.c.rn == low, (1 - weight) * ranked.c.seconds),
+                (ranked.c.rn == low + 1, weight * ranked.c.seconds),
+                else_=0.0,
+            )
+        )
+
+    outer: list[Any] = [ranked.c.channel, ranked.c.kind] if by_group else []
+    stmt = select(
+        *(outer or no_group),
+        percentile(0.5).label("p50"),
+        percentile(0.95).label("p95"),
+        func.max(ranked.c.seconds).label("max"),
+    )
+    return list(conn.execute(stmt.group_by(*outer) if outer else stmt))
+
+
+def recent_runs(conn: Connection, limit: int) -> list[Row[Any]]:
+    """The latest dispatch runs, newest first."""
+    return list(conn.execute(select(R).order_by(R.started_at.desc(), R.id.desc()).limit(limit)))
+
+
+def last_successful_run(conn: Connection) -> Row[Any] | None:
+    """The latest run that exited 0 (walks the started_at index from the end)."""
+    return conn.execute(
+        select(R)
+        .where(R.exit_code == 0, R.finished_at.is_not(None))
+        .order_by(R.started_at.desc(), R.id.desc())
+        .limit(1)
+    ).first()
+
+
+def prunable_bookings(
+    conn: Connection,
+    cutoff: datetime,
+    after: tuple[datetime, int] | None,
+    limit: int,
+    *,
+    lock: bool = False,
+) -> list[Row[Any]]:
+    """(ends_at, id) of bookings that ended before ``cutoff`` with only final reminders.
+
+    Keyset-paged on (ends_at, id) after ``after`` over ``ix_bookings_ends_at``.
+    With ``lock`` (PostgreSQL) the rows are locked, skipping those another
+    transaction holds, so nobody re-arms a reminder of a booking being deleted.
+    """
+    unfinished = exists().where(N.booking_id == B.id, N.status.in_(UNFINISHED))
+    stmt = select(B.ends_at, B.id).where(B.ends_at < cutoff, ~unfinished)
+    if after is not None:
+        after_end, after_id = after
+        stmt = stmt.where(
+            B.ends_at >= after_end,
+            or_(B.ends_at > after_end, B.id > after_id),
+        )
+    stmt = stmt.order_by(B.ends_at, B.id).limit(limit)
+    if lock and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True, of=B)
+    return list(conn.execute(stmt))
+
+
+def _notification_ids_of(booking_ids: Sequence[int]) -> Any:
+    return select(N.id).where(N.booking_id.in_(booking_ids)).scalar_subquery()
+
+
+def count_booking_children(conn: Connection, booking_ids: Sequence[int]) -> tuple[int, int]:
+    """(reminders, attempts) belonging to the given bookings."""
+    if not booking_ids:
+        return 0, 0
+    reminders = conn.scalar(select(func.count()).where(N.booking_id.in_(booking_ids))) or 0
+    attempts = (
+        conn.scalar(
+            select(func.count()).where(A.notification_id.in_(_notification_ids_of(booking_ids)))
+        )
+        or 0
+    )
+    return reminders, attempts
+
+
+def delete_bookings(conn: Connection, booking_ids: Sequence[int]) -> tuple[int, int, int]:
+    """Delete bookings with their attempts and reminders; (bookings, reminders, attempts).
+
+    Children go first and explicitly, so the counts are exact and nothing
+    depends on the cascade being enabled.
+    """
+    if not booking_ids:
+        return 0, 0, 0
+    attempts = conn.execute(
+        delete(A).where(A.notification_id.in_(_notification_ids_of(booking_ids)))
+    ).rowcount
+    reminders = conn.execute(delete(N).where(N.booking_id.in_(booking_ids))).rowcount
+    bookings = conn.execute(delete(B).where(B.id.in_(booking_ids))).rowcount
+    return bookings, reminders, attempts
+
+
+def count_runs_before(conn: Connection, cutoff: datetime) -> int:
+    return conn.scalar(select(func.count()).where(R.started_at < cutoff)) or 0
+
+
+def delete_runs_before(conn: Connection, cutoff: datetime, limit: int) -> int:
+    """Delete up to ``limit`` of the oldest runs started before ``cutoff``.
+
+    Attempts that still point at them keep their rows (``run_id`` → NULL).
+    """
+    oldest = (
+        select(R.id)
+        .where(R.started_at < cutoff)
+        .order_by(R.started_at, R.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    return conn.execute(delete(R).where(R.id.in_(oldest))).rowcount

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from functools import cache
 from types import ModuleType
 
 from ..config import redact_url
@@ -26,6 +27,7 @@ CHANNELS: dict[str, str] = {
 _TELEGRAM_SHORT = re.compile(r"-?\d+|@\w+")
 
 
+@cache
 def channel_module(name: str) -> ModuleType:
     """The module of a registered channel; ``KeyError`` for an unknown one."""
     return importlib.import_module(CHANNELS[name])
