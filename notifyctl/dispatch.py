@@ -47,7 +47,7 @@ JITTER = 0.2
 
 def backoff_seconds(attempt: int, base: float, cap: float = BACKOFF_CAP) -> float:
     """Exact schedule: base, 2*base, 4*base … capped (attempt counts from 1)."""
-    return float(min(cap, base * 2 ** max(0, attempt - 1)))
+    return float(min(cap, base * 2 ** min(max(0, attempt - 1), 62)))
 
 
 def jittered(seconds: float, rng: random.Random) -> float:
@@ -163,10 +163,7 @@ class Sent:
     started: datetime
     finished: datetime
     outcome: Outcome | None = None  # decided without sending (template error, too late)
-
-
-class StopRun(Exception):
-    """Bad credentials: stop claiming, put unsent claims back, exit 3."""
+    due_again: datetime | None = None  # not sent, given back due then (its turn came late)
 
 
 class Dispatcher:
@@ -344,9 +341,10 @@ class Dispatcher:
         if self._stop.is_set():
             now = self.clock()
             return Sent(claim, None, now, now)
-        if not self._pacer.wait_turn(channel.pacing_key, claim.recipient, claim.send_by):
+        late_turn = self._pacer.wait_turn(channel.pacing_key, claim.recipient, claim.send_by)
+        if late_turn is not None:  # its turn comes too late for this lease: give it back
             now = self.clock()
-            return Sent(claim, None, now, now)  # its turn comes too late: give it back
+            return Sent(claim, None, now, now, due_again=late_turn)
         started = self.clock()
         if self._stop.is_set():
             return Sent(claim, None, started, started)
@@ -382,7 +380,7 @@ class Dispatcher:
         with self.store.transaction() as conn:
             if result is None and sent.outcome is None:
                 report.released += queries.release_claims(
-                    conn, [(claim.id, claim.lease_token)], now
+                    conn, [(claim.id, claim.lease_token)], now, due_at=sent.due_again
                 )
                 return
             if result is not None and result.delivery is Delivery.BAD_CREDENTIALS:

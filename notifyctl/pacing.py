@@ -109,30 +109,34 @@ class Pacer:
             with self._lock:
                 self._expected[key] = self._expected.get(key, 0) + count
 
-    def wait_turn(self, key: str | None, chat: str, deadline: datetime) -> bool:
+    def wait_turn(self, key: str | None, chat: str, deadline: datetime) -> datetime | None:
         """Block until a message to ``chat`` under sender ``key`` may be sent.
 
-        False, without waiting, when that turn comes after ``deadline`` (e.g. a
-        long 429 pause would outlast the claim's lease): the caller gives the
-        reminder back instead of sending it late.
+        Returns None once it may go. When its turn would come after
+        ``deadline`` (e.g. a 429 pause outlasting the claim's lease) it returns
+        that turn at once, without waiting: the caller gives the reminder back,
+        due then, instead of sending it late.
         """
         if key is None:
-            return True
-        if not self._wait_until(self._chats.reserve(chat, self._clock()), deadline):
-            return False
+            return None
+        chat_turn = self._chats.reserve(chat, self._clock())
+        if chat_turn > deadline:
+            return chat_turn
+        self._sleep_until(chat_turn)
         with self._lock:
             wanted = max(1, self._expected.get(key, 1))
             self._expected[key] = wanted - 1
-        return self._wait_until(self._slots(key).take(wanted), deadline)
+        slot = self._slots(key).take(wanted)
+        if slot > deadline:
+            return slot
+        self._sleep_until(slot)
+        return None
 
     def pause(self, key: str | None, seconds: float) -> None:
         if key is not None:
             self._slots(key).pause(seconds)
 
-    def _wait_until(self, when: datetime, deadline: datetime) -> bool:
-        if when > deadline:
-            return False
+    def _sleep_until(self, when: datetime) -> None:
         delay = (when - self._clock()).total_seconds()
         if delay > 0:
             self._sleep(delay)
-        return True

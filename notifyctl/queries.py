@@ -319,10 +319,10 @@ def expire_useless(conn: Connection, now: datetime) -> int:
     return result.rowcount
 
 
-def expire_superseded(conn: Connection, now: datetime) -> int:
-    """Due reminders with a later reminder of the same booking and recipient due or sent."""
+def _superseded(now: datetime) -> Any:
+    """A later reminder of the same booking and recipient is due or already sent."""
     later = aliased(N)
-    newer_exists = exists().where(
+    return exists().where(
         later.booking_id == N.booking_id,
         later.channel == N.channel,
         later.recipient == N.recipient,
@@ -332,9 +332,13 @@ def expire_superseded(conn: Connection, now: datetime) -> int:
             and_(later.status.in_([Status.PENDING, Status.SENDING]), later.due_at <= now),
         ),
     )
+
+
+def expire_superseded(conn: Connection, now: datetime) -> int:
+    """Due reminders superseded by a later one → expired: only the latest is sent."""
     result = conn.execute(
         update(N)
-        .where(N.status == Status.PENDING, N.due_at <= now, newer_exists)
+        .where(N.status == Status.PENDING, N.due_at <= now, _superseded(now))
         .values(
             status=Status.EXPIRED,
             last_error="superseded by a later reminder for the same booking",
@@ -425,7 +429,12 @@ def due_preview(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
     rows: list[Any] = list(
         conn.execute(
             select(*CLAIM_COLUMNS)
-            .where(N.status == Status.PENDING, N.due_at <= now, N.not_after > now)
+            .where(
+                N.status == Status.PENDING,
+                N.due_at <= now,
+                N.not_after > now,
+                ~_superseded(now),
+            )
             .order_by(N.due_at, N.id)
             .limit(limit)
         ).all()
@@ -483,19 +492,23 @@ def record_outcome(
     return result.rowcount == 1
 
 
-def release_claims(conn: Connection, held: Sequence[tuple[int, str]], now: datetime) -> int:
-    """Put claims back untouched (the attempt given back): the run stops early."""
-    count = 0
-    for notification_id, token in held:
-        count += int(
-            record_outcome(
-                conn,
-                notification_id,
-                token,
-                {"status": Status.PENDING, "attempts": N.attempts - 1, "updated_at": now},
-            )
-        )
-    return count
+def release_claims(
+    conn: Connection,
+    held: Sequence[tuple[int, str]],
+    now: datetime,
+    due_at: datetime | None = None,
+) -> int:
+    """Put claims back unsent, the attempt given back (and due later when ``due_at``)."""
+    values: dict[str, Any] = {
+        "status": Status.PENDING,
+        "attempts": N.attempts - 1,
+        "updated_at": now,
+    }
+    if due_at is not None:
+        values["due_at"] = due_at
+    return sum(
+        record_outcome(conn, notification_id, token, values) for notification_id, token in held
+    )
 
 
 def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: datetime) -> int:
@@ -516,7 +529,7 @@ def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: 
     result = conn.execute(
         update(N)
         .where(N.channel == channel, N.recipient == old, N.status == Status.PENDING)
-        .values(recipient=new, due_at=now, updated_at=now)
+        .values(recipient=new, updated_at=now)
     )
     return result.rowcount
 
@@ -686,12 +699,15 @@ def lateness(conn: Connection, since: datetime, *, by_group: bool = True) -> lis
             func.max(seconds).label("max"),
         ).where(sent)
         return list(conn.execute(stmt.group_by(*groups) if groups else stmt))
+    # Partitioned by (kind, channel), which no index yields in order: by (channel, kind)
+    # SQLite would walk all of ix_notifications_recipient instead of the window's range.
+    partitions = [N.kind, N.channel] if by_group else None
     ranked = (
         select(
             *groups,
             seconds.label("seconds"),
-            func.row_number().over(partition_by=groups or None, order_by=seconds).label("rn"),
-            func.count().over(partition_by=groups or None).label("cnt"),
+            func.row_number().over(partition_by=partitions, order_by=seconds).label("rn"),
+            func.count().over(partition_by=partitions).label("cnt"),
         )
         .where(sent)
         .subquery()

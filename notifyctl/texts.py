@@ -30,7 +30,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -64,10 +64,15 @@ BUILTIN_SUBJECT = (
 )
 
 
+def _minutes_between(earlier: datetime, later: datetime) -> float:
+    """Elapsed minutes; in UTC, because two times in one zone subtract as wall clocks."""
+    return (later.astimezone(UTC) - earlier.astimezone(UTC)).total_seconds() / 60
+
+
 def relative(when: datetime, now: datetime) -> str:
     """Words for ``when`` seen from ``now`` (both in the booking's zone)."""
     clock = when.strftime("%H:%M")
-    minutes = round((when - now).total_seconds() / 60)
+    minutes = round(_minutes_between(now, when))
     if minutes <= 0:
         return f"now, at {clock}" if minutes > -1 else f"at {clock}"
     if minutes < 90:
@@ -123,8 +128,8 @@ def context(
         "end_date": end.strftime("%Y-%m-%d"),
         "starts_relative": relative(start, local_now),
         "ends_relative": relative(end, local_now),
-        "minutes_to_start": (start - local_now).total_seconds() / 60,
-        "minutes_to_end": (end - local_now).total_seconds() / 60,
+        "minutes_to_start": _minutes_between(now, booking.starts_at),
+        "minutes_to_end": _minutes_between(now, booking.ends_at),
         "days_to_start": (start.date() - local_now.date()).days,
         "days_to_end": (end.date() - local_now.date()).days,
         "now": local_now,
