@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 
 from .config import redact_url
-from .errors import ConfigError, DatabaseError, SchemaNotCurrent
+from .errors import ConfigError, DatabaseError, InvalidInput, SchemaNotCurrent
 from .times import Clock, utcnow
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -130,7 +130,7 @@ def make_engine(raw_url: str, *, create_file: bool = True) -> Engine:
     url = normalise_url(raw_url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, create_file=create_file)
-    return create_engine(url, pool_pre_ping=False, connect_args={"connect_timeout": 10})
+    return create_engine(url, hide_parameters=True, connect_args={"connect_timeout": 10})
 
 
 def _sqlite_engine(url: URL, *, create_file: bool) -> Engine:
@@ -142,7 +142,9 @@ def _sqlite_engine(url: URL, *, create_file: bool) -> Engine:
         elif not path.exists():
             raise SchemaNotCurrent(f"database file {path} does not exist: run `notifyctl migrate`")
         url = url.set(database=str(path))
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(
+        url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -170,6 +172,9 @@ def translate_errors(url: str) -> Iterator[None]:
     except (exc.OperationalError, exc.InterfaceError) as e:
         reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
         raise DatabaseError(f"database {redact_url(url)} is unavailable: {reason}") from e
+    except exc.DataError as e:  # a value the column cannot hold: bad input, not a bug
+        reason = str(e.orig).strip().splitlines()[0] if e.orig else "invalid value"
+        raise InvalidInput(f"the database rejected a value: {reason}") from e
     except exc.ProgrammingError as e:
         if "does not exist" in str(e.orig) or "no such table" in str(e.orig):
             raise SchemaNotCurrent(
@@ -237,6 +242,10 @@ def open_store(database_url: str, *, clock: Clock = utcnow, check: bool = True) 
     """Connect to a migrated store; exit-4 errors when unreachable or not at head."""
     engine = make_engine(database_url, create_file=False)
     if check:
-        with translate_errors(database_url):
-            check_schema(engine, SCHEMA_REVISION)
+        try:
+            with translate_errors(database_url):
+                check_schema(engine, SCHEMA_REVISION)
+        except BaseException:
+            engine.dispose()
+            raise
     return Store(engine, clock)

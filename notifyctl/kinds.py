@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from .errors import InvalidInput
-from .times import parse_duration
+from .times import format_duration, parse_duration
 
 Anchor = Literal["start", "end"]
 
@@ -63,7 +63,9 @@ def parse_kind(text: str) -> Kind:
         raise InvalidInput(f"invalid reminder offset {text!r}: {e.message}") from e
     offset = -delta if sign == "-" else delta
     valid_until: Anchor = "start" if anchor == "start" and sign == "-" else "end"
-    return Kind(f"{anchor}{sign}{amount}", anchor, offset, valid_until)  # type: ignore[arg-type]
+    # canonical name: start-60m and start-1h are one kind, and names fit their column
+    name = f"{anchor}{sign}{format_duration(delta)}"
+    return Kind(name, anchor, offset, valid_until)  # type: ignore[arg-type]
 
 
 def parse_kinds(values: list[str] | None) -> list[Kind]:

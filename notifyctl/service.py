@@ -28,6 +28,7 @@ from .times import parse_time, parse_zone
 REMOVED = "removed from the booking"
 USELESS = "rescheduled to a time when it is no longer useful"
 _BOOKING_ID = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
+_TITLE = re.compile(r"(?=.*\S)[^\x00-\x1f\x7f]{1,512}")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
 _DATA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -78,9 +79,9 @@ def booking_input(
     if not to:
         raise InvalidInput("at least one recipient (--to) is needed")
     recipients = tuple(dict.fromkeys(parse_recipient(r) for r in to))
-    if title is not None and (len(title) > 512 or not title.strip()):
-        raise InvalidInput("title must be 1-512 characters")
-    if locale is not None and not _LOCALE.fullmatch(locale):
+    if title is not None and not _TITLE.fullmatch(title):
+        raise InvalidInput("title must be 1-512 characters, without control characters")
+    if locale is not None and (len(locale) > 35 or not _LOCALE.fullmatch(locale)):
         raise InvalidInput(f"invalid locale {locale!r}: use e.g. en, de, pt-BR")
     return BookingInput(
         booking_id=booking_id,
@@ -423,11 +424,12 @@ LIST_FIELDS = (
 
 @contextmanager
 def list_notifications(
-    store: Store, where: queries.ListFilter
+    store: Store, where: queries.ListFilter | None = None
 ) -> Iterator[Iterator[dict[str, Any]]]:
     """Matching reminders as dicts with ``LIST_FIELDS``, streamed inside a read."""
     with store.reader() as conn:
-        yield (_listed(row) for row in queries.list_notifications(conn, where))
+        rows = queries.list_notifications(conn, where or queries.ListFilter())
+        yield (_listed(row) for row in rows)
 
 
 def _listed(row: Row[Any]) -> dict[str, Any]:

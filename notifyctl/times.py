@@ -13,6 +13,18 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d{1,9})([smhdw])")
 _DURATION_WHOLE = re.compile(r"(?:\d{1,9}[smhdw])+")
 MAX_DURATION = timedelta(days=3650)
+MIN_YEAR, MAX_YEAR = 1970, 9000  # far from datetime's limits, so zone arithmetic never overflows
+
+
+def format_duration(delta: timedelta) -> str:
+    """The canonical spelling of a duration: largest units first (``1h30m``, ``2d``)."""
+    seconds = int(delta.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
 
 
 def parse_duration(text: str) -> timedelta:
@@ -61,6 +73,8 @@ def parse_time(text: str, zone: ZoneInfo, now: datetime) -> datetime:
             f"invalid time {text!r}: use ISO 8601 (2026-03-01T18:00+01:00), "
             "a local time (2026-03-01 18:00) or a relative one (+2h)"
         ) from e
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise InvalidInput(f"invalid time {text!r}: the year must be {MIN_YEAR}-{MAX_YEAR}")
     if parsed.tzinfo is None:
         return localize(parsed, zone)
     return parsed.astimezone(UTC)

@@ -24,6 +24,7 @@ CHANNELS: dict[str, str] = {
     "apprise": "notifyctl.channels.apprise_channel",
 }
 
+MAX_ADDRESS_LENGTH = 2048  # notifications.recipient
 _TELEGRAM_SHORT = re.compile(r"-?\d+|@\w+")
 
 
@@ -58,6 +59,8 @@ def parse_recipient(raw: str) -> tuple[str, str]:
             f"invalid recipient {raw!r}: unknown channel {channel!r} "
             f"(available: {', '.join(CHANNELS)})"
         )
+    if len(address) > MAX_ADDRESS_LENGTH:
+        raise InvalidInput(f"invalid recipient: longer than {MAX_ADDRESS_LENGTH} characters")
     try:
         return channel, channel_module(channel).validate(address)
     except ValueError as e:
