@@ -138,7 +138,7 @@ def _settings(database_url: str | None, **fields: Any) -> Settings:
 
 
 def _open(database_url: str | None) -> Any:
-    from .service import open_store
+    from .db import open_store
 
     return open_store(_settings(database_url).database_url)
 
@@ -483,12 +483,32 @@ def dispatch(
             help="Bot API base URL (a local Bot API server).",
         ),
     ] = DEFAULT_TELEGRAM_API_URL,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            envvar="NOTIFYCTL_METRICS_FILE",
+            show_default=False,
+            help="Write Prometheus metrics here after each run (node_exporter textfile "
+            "collector; name it *.prom).",
+        ),
+    ] = None,
+    ping_url: Annotated[
+        str | None,
+        typer.Option(
+            "--ping-url",
+            envvar="NOTIFYCTL_PING_URL",
+            show_default=False,
+            help="healthchecks.io-style URL: pinged at start, on success, or with the exit code.",
+        ),
+    ] = None,
     json_out: JsonFlag = False,
     verbose: Verbose = False,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Deliver what is due, retry what failed for a passing reason, and exit (run from cron)."""
-    from .dispatch import Dispatcher, DispatchOptions, preview
+    from . import ops
+    from .runs import DispatchOptions, idle_run
 
     options = DispatchOptions(
         batch_size=batch_size,
@@ -508,8 +528,11 @@ def dispatch(
     )
     _configure_logging(verbose)
     output = _output()
-    with _store(settings.database_url) as store:
+    health = ops.Healthcheck(None if dry_run else ping_url)
+    with health, _store(settings.database_url) as store:
         if dry_run:
+            from .dispatch import preview
+
             items = preview(store, settings)
             if json_out:
                 output.line(render_json([item.__dict__ for item in items]))
@@ -519,13 +542,23 @@ def dispatch(
                     f"{item.channel}:{item.recipient}: {item.text}"
                 )
             return
-        report = Dispatcher(store, settings, options, stdout=output.stdout).run()
+        report = idle_run(store) or _run_dispatch(store, settings, options, output)
+        health.finish(report)
+        if metrics_file is not None:
+            ops.export_metrics(store, metrics_file, report)
     if json_out:
         output.line(render_json(report.as_dict()))
     elif not report.idle:
         output.line(report.summary_line())
     if report.error:
         raise ConfigError(report.error)
+
+
+def _run_dispatch(store: Any, settings: Settings, options: Any, output: Output) -> Any:
+    """The dispatch engine, loaded only when there is work (an idle run stays cheap)."""
+    from .dispatch import Dispatcher
+
+    return Dispatcher(store, settings, options, stdout=output.stdout).run()
 
 
 def _channel_settings() -> dict[str, Any]:
@@ -541,9 +574,20 @@ def _channel_settings() -> dict[str, Any]:
 def _configure_logging(verbose: bool) -> None:
     import logging
 
+    class CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+        """Writes to whatever ``sys.stderr`` is now (in-process runs swap it per call)."""
+
+        @property
+        def stream(self) -> TextIO:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value: TextIO) -> None:
+            pass
+
     logger = logging.getLogger("notifyctl")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -615,6 +659,117 @@ def templates_preview(
         return
     for item in items:
         output.line(f"#{item.id} {item.kind} → {item.channel}:{item.recipient}\n  {item.text}")
+
+
+# --- stats / prune ----------------------------------------------------------------------
+
+
+class StatsFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def stats(
+    since: Annotated[
+        str, typer.Option("--since", help="Window to report on, e.g. 1h, 24h, 7d.")
+    ] = "24h",
+    fmt: Annotated[
+        StatsFormat, typer.Option("--format", help="Output format.")
+    ] = StatsFormat.table,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Outcomes per channel and kind, lateness, the queue now and the last dispatch runs."""
+    from . import ops
+    from .times import parse_duration
+
+    window = parse_duration(since)
+    with _store(database_url) as store:
+        result = ops.stats(store, window)
+    output = _output()
+    if fmt == StatsFormat.json:
+        output.line(render_json(result.as_dict()))
+    else:
+        _render_stats(result, since, output)
+
+
+STATS_FIELDS = ("channel", "kind", "sent", "failed", "expired", "cancelled", "retries")
+LATENESS_FIELDS = ("rate", "late_p50", "late_p95", "late_max")
+RUN_FIELDS = (
+    "started_at",
+    "duration",
+    "claimed",
+    "sent",
+    "retried",
+    "rate_limited",
+    "failed",
+    "expired",
+    "rescued",
+    "exit_code",
+)
+
+
+def _seconds_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def _render_stats(result: Any, since: str, output: Output) -> None:
+    rows = [
+        {
+            **{f: getattr(g, f) for f in STATS_FIELDS},
+            "rate": "-" if g.delivery_rate is None else f"{g.delivery_rate:.1%}",
+            "late_p50": _seconds_text(g.lateness_p50),
+            "late_p95": _seconds_text(g.lateness_p95),
+            "late_max": _seconds_text(g.lateness_max),
+        }
+        for g in (*result.groups, result.total)
+    ]
+    render_table(rows, (*STATS_FIELDS, *LATENESS_FIELDS), output, title=f"last {since}")
+    queue = result.queue
+    output.line(
+        f"queue: {queue.pending} pending, {queue.sending} sending, {queue.due} due, "
+        f"oldest due {_seconds_text(queue.oldest_due_age_seconds)}"
+    )
+    since_success = result.seconds_since_last_success
+    output.line(
+        "last successful run: never"
+        if since_success is None
+        else f"last successful run: {_seconds_text(since_success)} ago"
+    )
+    runs = [{**r.as_dict(), "duration": _seconds_text(r.duration_seconds)} for r in result.runs]
+    output.line()
+    render_table(runs, RUN_FIELDS, output, title="recent dispatch runs")
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            show_default=False,
+            help="Age cutoff, e.g. 30d: bookings that ended and runs that started before "
+            "now minus this go.",
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")
+    ] = False,
+    json_out: JsonFlag = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Delete finished bookings (with their reminders and attempts) and old dispatch runs."""
+    from . import ops
+    from .times import parse_duration
+
+    age = parse_duration(older_than)
+    with _store(database_url) as store:
+        result = ops.prune(store, age, dry_run)
+    output = _output()
+    if json_out:
+        output.line(render_json(result.as_dict()))
+    elif dry_run or not result.nothing:  # quiet for cron when nothing went
+        output.line(result.summary_line())
 
 
 # --- migrate ----------------------------------------------------------------------------

@@ -750,7 +750,7 @@ def last_successful_run(conn: Connection) -> Row[Any] | None:
     ).first()
 
 
-def prunable_bookings(
+def bookings_ended_before(
     conn: Connection,
     cutoff: datetime,
     after: tuple[datetime, int] | None,
@@ -758,14 +758,13 @@ def prunable_bookings(
     *,
     lock: bool = False,
 ) -> list[Row[Any]]:
-    """(ends_at, id) of bookings that ended before ``cutoff`` with only final reminders.
+    """(ends_at, id) of the next ``limit`` bookings that ended before ``cutoff``.
 
     Keyset-paged on (ends_at, id) after ``after`` over ``ix_bookings_ends_at``.
     With ``lock`` (PostgreSQL) the rows are locked, skipping those another
     transaction holds, so nobody re-arms a reminder of a booking being deleted.
     """
-    unfinished = exists().where(N.booking_id == B.id, N.status.in_(UNFINISHED))
-    stmt = select(B.ends_at, B.id).where(B.ends_at < cutoff, ~unfinished)
+    stmt = select(B.ends_at, B.id).where(B.ends_at < cutoff)
     if after is not None:
         after_end, after_id = after
         stmt = stmt.where(
@@ -776,6 +775,23 @@ def prunable_bookings(
     if lock and conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True, of=B)
     return list(conn.execute(stmt))
+
+
+def bookings_with_unfinished(conn: Connection, booking_ids: Sequence[int]) -> set[int]:
+    """Those of the given bookings that still have a pending or sending reminder.
+
+    A lookup by booking id (never an anti-join the planner could turn into a
+    scan of every reminder when it expects few unfinished ones).
+    """
+    if not booking_ids:
+        return set()
+    return set(
+        conn.scalars(
+            select(N.booking_id)
+            .where(N.booking_id.in_(booking_ids), N.status.in_(UNFINISHED))
+            .distinct()
+        )
+    )
 
 
 def _notification_ids_of(booking_ids: Sequence[int]) -> Any:
