@@ -627,9 +627,7 @@ def templates_check(
     from .texts import TemplateError, TemplateSet, check_templates
     from .times import utcnow
 
-    template_set = (
-        TemplateSet.load(templates) if templates else TemplateSet({(None, None, None): {}})
-    )
+    template_set = TemplateSet.load(templates) if templates else TemplateSet.builtin()
     count, errors = check_templates(template_set, utcnow(), parse_data_pairs(data or []))
     if errors:
         raise TemplateError(f"{len(errors)} template error(s)", errors)

@@ -225,8 +225,16 @@ Key = tuple[str | None, str | None, str | None]  # locale, kind, channel
 class TemplateSet:
     """Templates by (locale, kind, channel); ``lookup`` falls back to the built-in text."""
 
-    def __init__(self, entries: dict[Key, dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, entries: dict[Key, dict[str, str]] | None = None, path: str = "<built-in>"
+    ) -> None:
         self.entries = entries or {}
+        self.path = path
+
+    @classmethod
+    def builtin(cls) -> TemplateSet:
+        """The built-in texts as a set, so they pass the same checks."""
+        return cls({(None, None, None): {"text": BUILTIN_TEXT, "subject": BUILTIN_SUBJECT}})
 
     @classmethod
     def load(cls, path: str) -> TemplateSet:
@@ -246,7 +254,7 @@ class TemplateSet:
         unknown = set(document) - {"default", "kinds", "locales"}
         if unknown:
             raise TemplateError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
-        return cls(entries)
+        return cls(entries, path)
 
     def lookup(self, locale: str | None, kind: str, channel: str) -> Template:
         fields: dict[str, str] = {}
@@ -356,27 +364,43 @@ def sample_booking(now: datetime, data: dict[str, Any] | None = None) -> Booking
     )
 
 
+def toml_key(key: Key) -> str:
+    """Where an entry sits in the templates file, e.g. ``locales.de.kinds.day_before.telegram``."""
+    locale, kind, channel = key
+    parts = [f"locales.{locale}"] if locale else []
+    parts.append(f"kinds.{kind}" if kind else "default")
+    if channel:
+        parts.append(channel)
+    return ".".join(parts)
+
+
 def check_templates(
     templates: TemplateSet, now: datetime, data: dict[str, Any] | None = None
 ) -> tuple[int, list[str]]:
-    """Render every template for every kind and channel it applies to; (count, errors)."""
+    """Render every field of every entry for each kind and channel it applies to.
+
+    Returns (renderings, errors); each error names the file, the entry and the field.
+    """
     from .kinds import DEFAULT_KINDS
 
     booking = sample_booking(now, data)
     errors: list[str] = []
     rendered = 0
-    for locale, kind, channel in templates.specific_keys():
-        kinds = [kind] if kind else list(DEFAULT_KINDS)
-        channels = [channel] if channel else list(CHECK_CHANNELS)
-        for kind_name in kinds:
-            for channel_name in channels:
-                fmt = CHECK_CHANNELS.get(channel_name, "plain")
-                template = templates.lookup(locale, kind_name, channel_name)
+    for key in templates.specific_keys():
+        _, kind, channel = key
+        for kind_name in [kind] if kind else list(DEFAULT_KINDS):
+            for channel_name in [channel] if channel else list(CHECK_CHANNELS):
                 variables = context(booking, kind_name, "sample-recipient", channel_name, now)
-                where = ".".join(p for p in (locale, kind_name, channel_name) if p)
-                try:
-                    render_template(template, variables, text_format=fmt, max_length=None)
-                    rendered += 1
-                except Exception as e:  # report every failure, keep checking
-                    errors.append(f"{where}: {type(e).__name__}: {e}")
+                for field_name, source in templates.entries[key].items():
+                    escape = field_name == "html" or (
+                        field_name == "text" and CHECK_CHANNELS.get(channel_name) == "html"
+                    )
+                    try:
+                        render(source, variables, html_escape=escape)
+                        rendered += 1
+                    except Exception as e:  # report every failure, keep checking
+                        errors.append(
+                            f"{templates.path}: [{toml_key(key)}] {field_name} "
+                            f"({kind_name}, {channel_name}): {type(e).__name__}: {e}"
+                        )
     return rendered, errors
