@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Set-up and everyday tasks, with nothing but python3 on the machine.
 
-    python3 dev.py demo     # venv + install, then create → dispatch → message
-    python3 dev.py test     # venv + install with dev tools, then the test suite
-    python3 dev.py check    # ruff check, ruff format --check, mypy
-    python3 dev.py bench    # the benchmarks of benchmarks/ (SQLite and PostgreSQL)
+python3 dev.py demo     # venv + install, then create → dispatch → message
+python3 dev.py test     # venv + install with dev tools, then the test suite
+python3 dev.py check    # ruff check, ruff format --check, mypy
+python3 dev.py bench    # the benchmarks of benchmarks/ (SQLite and PostgreSQL)
 """
 
 from __future__ import annotations
@@ -57,8 +57,21 @@ def demo() -> None:
     ensure_venv()
     notifyctl = BIN / "notifyctl"
     run(notifyctl, "migrate")
-    run(notifyctl, "create", "demo-yoga", "--title", "Yoga", "--starts-at", "+45m",
-        "--ends-at", "+105m", "--timezone", "Europe/Berlin", "--to", "console:you")
+    run(
+        notifyctl,
+        "create",
+        "demo-yoga",
+        "--title",
+        "Yoga",
+        "--starts-at",
+        "+45m",
+        "--ends-at",
+        "+105m",
+        "--timezone",
+        "Europe/Berlin",
+        "--to",
+        "console:you",
+    )
     run(notifyctl, "dispatch")
     run(notifyctl, "list", "--status", "all", "--booking", "demo-yoga")
 
