@@ -27,7 +27,7 @@ from . import queries
 from .channels import CHANNELS, channel_module, shown_recipient
 from .channels.base import Channel, ChannelContext, Delivery, Message, SendResult
 from .config import Settings, redact
-from .errors import ConfigError, NotFound
+from .errors import ConfigError, ExitCode, NotFound
 from .models import Status
 from .runs import BACKOFF_CAP, DispatchOptions, RunReport
 
@@ -235,16 +235,26 @@ class Dispatcher:
             self._loop(report, started)
         except ConfigError as e:
             report.exit_code, report.error = e.exit_code, e.message
+        except BaseException as e:  # recorded as a failed run, then handled by the caller
+            report.exit_code = getattr(e, "exit_code", ExitCode.INTERNAL)
+            raise
         finally:
             for channel in self._channels.values():
                 channel.close()
             report.duration_seconds = self.monotonic() - started
             if report.run_id is not None:
-                with self.store.transaction() as conn:
-                    queries.finish_run(
-                        conn, report.run_id, report.counts(), report.exit_code, self.clock()
-                    )
+                self._finish(report.run_id, report)
         return report
+
+    def _finish(self, run_id: int, report: RunReport) -> None:
+        """Record the run's counts and exit code; never hides the error that ended it."""
+        try:
+            with self.store.transaction() as conn:
+                queries.finish_run(conn, run_id, report.counts(), report.exit_code, self.clock())
+        except Exception:
+            if report.exit_code == 0:
+                raise
+            log.warning("could not record the end of dispatch run %s", report.run_id)
 
     def _loop(self, report: RunReport, started: float) -> None:
         from .pacing import Pacer
