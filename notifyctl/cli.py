@@ -444,7 +444,12 @@ def _env_option(name: str, help_text: str, **kwargs: Any) -> Any:
     return typer.Option(envvar=f"NOTIFYCTL_{name}", help=help_text, **kwargs)
 
 
-@app.command()
+@app.command(
+    epilog="Channels are configured from the environment: NOTIFYCTL_WEBHOOK_SECRET "
+    "(webhook signatures), NOTIFYCTL_SMTP_URL and NOTIFYCTL_EMAIL_FROM (email), "
+    "NOTIFYCTL_TEMPLATES (message templates). Exit codes: 0 ok, 2 bad options, "
+    "3 missing or rejected credentials, 4 database unavailable or not migrated."
+)
 def dispatch(
     batch_size: Annotated[int, _env_option("BATCH_SIZE", "Reminders claimed per batch.")] = 50,
     max_seconds: Annotated[
