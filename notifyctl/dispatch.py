@@ -555,6 +555,7 @@ def render_for(
     *,
     text_format: TextFormat = "plain",
     max_length: int | None = None,
+    parts: frozenset[str] = frozenset(),
 ) -> tuple[Rendered, dict[str, Any]]:
     """The rendered text of one reminder, true at ``now``, and the variables it saw."""
     from .texts import BUILTIN, context, render_template
@@ -562,7 +563,9 @@ def render_for(
     view = booking_view(booking)
     variables = context(view, kind, recipient, channel, now)
     template = templates.lookup(view.locale, kind, channel) if templates else BUILTIN
-    rendered = render_template(template, variables, text_format=text_format, max_length=max_length)
+    rendered = render_template(
+        template, variables, text_format=text_format, max_length=max_length, parts=parts
+    )
     return rendered, variables
 
 
@@ -583,6 +586,7 @@ def build_message(
         templates,
         text_format=channel.text_format,
         max_length=channel.max_text_length,
+        parts=channel.parts,
     )
     view = booking_view(booking)
     payload = {

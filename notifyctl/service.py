@@ -173,7 +173,7 @@ def _wanted(
         for channel, recipient in inp.recipients:
             if not_after <= now or scheduled >= not_after:
                 reason = _useless_reason(kind, scheduled, not_after, now)
-                skipped.append(Skipped(kind.name, channel, recipient, reason))
+                skipped.append(Skipped(kind.name, channel, shown_recipient(recipient), reason))
             else:
                 wanted[(kind.name, channel, recipient)] = (scheduled, not_after)
     return wanted, skipped

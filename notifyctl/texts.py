@@ -21,8 +21,9 @@ Operator templates come from a TOML file (``NOTIFYCTL_TEMPLATES``)::
     [default]                          # any kind without its own entry
     text = "…"
 
-Lookup goes from locale + kind + channel to locale + kind, kind + channel,
-kind, default, then the built-in text; ``pt-BR`` falls back to ``pt``.
+Lookup takes the booking's language first: locale + kind + channel, locale +
+kind, locale default + channel, locale default; then the same for the base
+language (``pt-BR`` → ``pt``) and for no locale; then the built-in text.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ TextFormat = Literal["html", "plain"]
 class Rendered:
     text: str
     text_format: TextFormat
-    subject: str
+    subject: str | None = None
     html: str | None = None
 
 
@@ -191,16 +192,14 @@ def render_reminder(
     text_format: TextFormat,
     max_length: int | None,
     text_source: str = BUILTIN_TEXT,
-    subject_source: str = BUILTIN_SUBJECT,
 ) -> Rendered:
     """The text for one channel; too long for the channel → plain text cut with "…"."""
     text = render(text_source, variables, html_escape=text_format == "html")
-    subject = render(subject_source, variables, html_escape=False)
     if max_length is not None and visible_length(text, text_format) > max_length:
         # in the escaped HTML every "<" left is the template's own markup
         plain = html.unescape(_TAG.sub("", text)) if text_format == "html" else text
-        return Rendered(truncate(plain, max_length), "plain", subject)
-    return Rendered(text, text_format, subject)
+        return Rendered(truncate(plain, max_length), "plain")
+    return Rendered(text, text_format)
 
 
 # --- operator templates ---------------------------------------------------------------
@@ -250,10 +249,9 @@ class TemplateSet:
         entries: dict[Key, dict[str, str]] = {}
         _collect(document, None, entries, path)
         for locale, table in _table(document.get("locales", {}), "locales", path).items():
-            _collect(_table(table, f"locales.{locale}", path), locale.lower(), entries, path)
-        unknown = set(document) - {"default", "kinds", "locales"}
-        if unknown:
-            raise TemplateError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+            # bookings store pt-BR for --locale pt_BR: match either spelling here too
+            name = locale.replace("_", "-").lower()
+            _collect(_table(table, f"locales.{locale}", path), name, entries, path)
         return cls(entries, path)
 
     def lookup(self, locale: str | None, kind: str, channel: str) -> Template:
@@ -267,6 +265,7 @@ class TemplateSet:
 
 
 def _candidates(locale: str | None, kind: str, channel: str) -> list[Key]:
+    """Most specific first; the booking's language outranks a kind-specific text in another."""
     locales: list[str | None] = []
     if locale:
         locales.append(locale.lower())
@@ -275,9 +274,7 @@ def _candidates(locale: str | None, kind: str, channel: str) -> list[Key]:
     locales.append(None)
     keys: list[Key] = []
     for loc in locales:
-        keys += [(loc, kind, channel), (loc, kind, None)]
-    for loc in locales:
-        keys += [(loc, None, channel), (loc, None, None)]
+        keys += [(loc, kind, channel), (loc, kind, None), (loc, None, channel), (loc, None, None)]
     return keys
 
 
@@ -287,38 +284,47 @@ def _table(value: Any, where: str, path: str) -> dict[str, Any]:
     return value
 
 
-def _fields(table: dict[str, Any], where: str, path: str) -> dict[str, str]:
-    found = {k: v for k, v in table.items() if k in _FIELDS}
-    for name, value in found.items():
-        if not isinstance(value, str):
-            raise TemplateError(f"{path}: {where}.{name} must be a string")
-    return found
+def _entry(
+    table: dict[str, Any], key: Key, where: str, path: str, out: dict[Key, dict[str, str]]
+) -> None:
+    """One entry's fields, and below it (when it has no channel yet) per-channel entries."""
+    from .channels import CHANNELS
+
+    locale, kind, channel = key
+    fields: dict[str, str] = {}
+    for name, value in table.items():
+        if name in _FIELDS:
+            if not isinstance(value, str):
+                raise TemplateError(f"{path}: {where}.{name} must be a string")
+            fields[name] = value
+        elif channel is None and name in CHANNELS:
+            sub = f"{where}.{name}"
+            _entry(_table(value, sub, path), (locale, kind, name), sub, path, out)
+        else:
+            expected = ", ".join(_FIELDS) + ("" if channel else " or a channel name")
+            raise TemplateError(f"{path}: [{where}] unknown key {name!r} (expected {expected})")
+    out[key] = fields
 
 
 def _collect(
     document: dict[str, Any], locale: str | None, out: dict[Key, dict[str, str]], path: str
 ) -> None:
     prefix = f"locales.{locale}." if locale else ""
+    allowed = {"default", "kinds"} if locale else {"default", "kinds", "locales"}
+    unknown = set(document) - allowed
+    if unknown:
+        where = f" in [locales.{locale}]" if locale else ""
+        raise TemplateError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}{where}")
     if "default" in document:
-        default = _table(document["default"], f"{prefix}default", path)
-        out[(locale, None, None)] = _fields(default, f"{prefix}default", path)
-        for channel, sub in default.items():
-            if channel not in _FIELDS:
-                where = f"{prefix}default.{channel}"
-                out[(locale, None, channel)] = _fields(_table(sub, where, path), where, path)
+        where = f"{prefix}default"
+        _entry(_table(document["default"], where, path), (locale, None, None), where, path, out)
     for kind, table in _table(document.get("kinds", {}), f"{prefix}kinds", path).items():
         where = f"{prefix}kinds.{kind}"
         try:
             name = parse_kind(kind).name
         except InvalidInput as e:
             raise TemplateError(f"{path}: [{where}]: {e.message}") from e
-        table = _table(table, where, path)
-        out[(locale, name, None)] = _fields(table, where, path)
-        for channel, sub in table.items():
-            if channel not in _FIELDS:
-                out[(locale, name, channel)] = _fields(
-                    _table(sub, f"{where}.{channel}", path), f"{where}.{channel}", path
-                )
+        _entry(_table(table, where, path), (locale, name, None), where, path, out)
 
 
 def render_template(
@@ -327,25 +333,30 @@ def render_template(
     *,
     text_format: TextFormat,
     max_length: int | None,
+    parts: frozenset[str] = frozenset(),
 ) -> Rendered:
-    """Text, subject and (when the template has one) HTML part for one message."""
+    """The text, and the parts the channel sends (subject, HTML part), for one message.
+
+    Only what the channel uses is rendered: an email-only HTML part that fails
+    must not fail the Telegram reminder.
+    """
     rendered = render_reminder(
-        variables,
-        text_format=text_format,
-        max_length=max_length,
-        text_source=template.text,
-        subject_source=template.subject,
+        variables, text_format=text_format, max_length=max_length, text_source=template.text
     )
-    html_part = render(template.html, variables, html_escape=True) if template.html else None
-    return Rendered(rendered.text, rendered.text_format, rendered.subject, html_part)
+    subject = render(template.subject, variables, html_escape=False) if "subject" in parts else None
+    html_part = None
+    if "html" in parts and template.html:
+        html_part = render(template.html, variables, html_escape=True)
+    return Rendered(rendered.text, rendered.text_format, subject, html_part)
 
 
-CHECK_CHANNELS: dict[str, TextFormat] = {
-    "telegram": "html",
-    "console": "plain",
-    "webhook": "plain",
-    "email": "plain",
-    "apprise": "plain",
+#: what each channel renders (its text format and its extra parts), for ``templates check``
+CHECK_CHANNELS: dict[str, tuple[TextFormat, frozenset[str]]] = {
+    "telegram": ("html", frozenset()),
+    "console": ("plain", frozenset()),
+    "webhook": ("plain", frozenset()),
+    "email": ("plain", frozenset({"subject", "html"})),
+    "apprise": ("plain", frozenset({"subject"})),
 }
 
 
@@ -362,6 +373,10 @@ def sample_booking(now: datetime, data: dict[str, Any] | None = None) -> Booking
         locale=None,
         data=dict(data or {}),
     )
+
+
+def _parts(channel: str) -> frozenset[str]:
+    return CHECK_CHANNELS[channel][1] if channel in CHECK_CHANNELS else frozenset()
 
 
 def toml_key(key: Key) -> str:
@@ -388,12 +403,15 @@ def check_templates(
     rendered = 0
     for key in templates.specific_keys():
         _, kind, channel = key
-        for kind_name in [kind] if kind else list(DEFAULT_KINDS):
-            for channel_name in [channel] if channel else list(CHECK_CHANNELS):
-                variables = context(booking, kind_name, "sample-recipient", channel_name, now)
-                for field_name, source in templates.entries[key].items():
+        scope = [channel] if channel else list(CHECK_CHANNELS)
+        for field_name, source in templates.entries[key].items():
+            # each field against the channels that send it (an unused one still once)
+            users = [c for c in scope if field_name == "text" or field_name in _parts(c)]
+            for kind_name in [kind] if kind else list(DEFAULT_KINDS):
+                for channel_name in users or scope[:1]:
+                    variables = context(booking, kind_name, "sample-recipient", channel_name, now)
                     escape = field_name == "html" or (
-                        field_name == "text" and CHECK_CHANNELS.get(channel_name) == "html"
+                        field_name == "text" and CHECK_CHANNELS[channel_name][0] == "html"
                     )
                     try:
                         render(source, variables, html_escape=escape)

@@ -67,6 +67,7 @@ class AppriseChannel:
     text_format: TextFormat = "plain"
     pacing_key: str | None = None
     max_text_length: int | None = None
+    parts: frozenset[str] = frozenset({"subject"})
 
     def __init__(self, context: ChannelContext) -> None:
         check_config(context.settings)

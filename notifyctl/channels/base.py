@@ -89,6 +89,8 @@ class Channel(Protocol):
     pacing_key: str | None
     #: longest text the provider accepts (None: no limit); longer text is cut with "…"
     max_text_length: int | None
+    #: optional parts of a message this channel sends besides the text: "subject", "html"
+    parts: frozenset[str]
 
     def send(self, message: Message) -> SendResult: ...
 

@@ -26,6 +26,7 @@ class ConsoleChannel:
     text_format: TextFormat = "plain"
     pacing_key: str | None = None
     max_text_length: int | None = None
+    parts: frozenset[str] = frozenset()
 
     def __init__(self, stdout: TextIO) -> None:
         self._stdout = stdout

@@ -145,6 +145,7 @@ class EmailChannel:
     text_format: TextFormat = "plain"
     pacing_key: str | None = None
     max_text_length: int | None = None
+    parts: frozenset[str] = frozenset({"subject", "html"})
 
     def __init__(
         self,

@@ -61,6 +61,7 @@ def _install_log_redaction() -> None:
 class TelegramChannel:
     text_format: TextFormat = "html"
     max_text_length: int | None = MAX_TEXT_LENGTH
+    parts: frozenset[str] = frozenset()
 
     def __init__(self, context: ChannelContext) -> None:
         import requests

@@ -114,6 +114,7 @@ class WebhookChannel:
     text_format: TextFormat = "plain"
     pacing_key: str | None = None
     max_text_length: int | None = None
+    parts: frozenset[str] = frozenset()
 
     def __init__(self, context: ChannelContext, *, now: Callable[[], float] = time.time) -> None:
         import requests
