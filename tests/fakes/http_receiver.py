@@ -16,15 +16,16 @@ never delays the teardown.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, Literal
+
+from tests.fakes.server import LoopbackHTTPServer
 
 __all__ = ["Answer", "HttpReceiver", "Received", "closed_port"]
 
@@ -56,12 +57,9 @@ class HttpReceiver:
         self._answers: deque[Answer] = deque()
         self._lock = threading.Lock()
         self.release = threading.Event()
-        self.server = _Server(("127.0.0.1", 0), _Handler, self)
+        self.server = _Server(self)
         self.port: int = self.server.server_address[1]
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, args=(0.01,), name="http-receiver", daemon=True
-        )
-        self._thread.start()
+        self.server.start()
 
     def url(self, path: str = "/hook", userinfo: str = "") -> str:
         return f"http://{userinfo}127.0.0.1:{self.port}{path}"
@@ -77,10 +75,7 @@ class HttpReceiver:
 
     def stop(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.drop_connections()
-        self.server.server_close()  # joins the handler threads
-        self._thread.join()
+        self.server.close()
 
     def __enter__(self) -> HttpReceiver:
         return self
@@ -94,31 +89,12 @@ class HttpReceiver:
         self.stop()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
+class _Server(LoopbackHTTPServer):
+    daemon_threads = False  # server_close() joins every handler thread
 
-    def __init__(self, address: tuple[str, int], handler: type, receiver: HttpReceiver) -> None:
+    def __init__(self, receiver: HttpReceiver) -> None:
         self.receiver = receiver
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        with self._open_lock:
-            for sock in self._open:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        super().__init__(_Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -34,17 +34,18 @@ import contextlib
 import json
 import math
 import socket
-import sys
 import threading
 import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
+
+from tests.fakes.server import LoopbackHTTPServer
 
 __all__ = [
     "FakeTelegram",
@@ -167,41 +168,10 @@ class Received:
 # --------------------------------------------------------------------------- server
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = True  # server_close() joins the handler threads
-    allow_reuse_address = True
-    request_queue_size = 256  # default 5 drops SYNs under a burst of clients (1 s stalls)
-
-    def __init__(self, address: tuple[str, int], fake: FakeTelegram) -> None:
+class _Server(LoopbackHTTPServer):
+    def __init__(self, host: str, port: int, fake: FakeTelegram) -> None:
         self.fake = fake
-        self._conn_lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._conn_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conn_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        """Unblock handler threads waiting on idle keep-alive connections."""
-        with self._conn_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients hanging up (timeouts, closed sessions) are normal here.
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
+        super().__init__(_Handler, port, host)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -268,16 +238,10 @@ class FakeTelegram:
         self._requests = 0
         self._by_status: Counter[int] = Counter()
         self._started_at = time.monotonic()
-        self._server = _Server((host, port), self)
+        self._server = _Server(host, port, self)
         self.host = host
         self.port: int = self._server.server_port
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fake-telegram-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server.start()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -291,10 +255,7 @@ class FakeTelegram:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        self._server.shutdown()
-        self._server.drop_connections()
-        self._server.server_close()  # joins the handler threads
-        self._thread.join()
+        self._server.close()
 
     def __enter__(self) -> FakeTelegram:
         return self
