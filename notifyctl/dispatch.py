@@ -201,22 +201,6 @@ class Dispatcher:
             report.expired += queries.expire_useless(conn, now)
             report.expired += queries.expire_superseded(conn, now)
             rescued = queries.rescue_expired_leases(conn, now, self.options.max_attempts)
-            queries.insert_attempts(
-                conn,
-                [
-                    _attempt_row(
-                        i,
-                        None,
-                        now,
-                        now,
-                        "lease_expired",
-                        None,
-                        "lease expired: the dispatch holding it stopped",
-                        True,
-                    )
-                    for i in (*rescued.requeued, *rescued.failed)
-                ],
-            )
             report.rescued += len(rescued.requeued)
             report.failed += len(rescued.failed)
             due_channels = queries.due_channels(conn, now)
@@ -266,7 +250,6 @@ class Dispatcher:
                 now = self.clock()
                 token = str(uuid.uuid4())
                 with self.store.transaction() as conn:
-                    report.expired += queries.expire_superseded(conn, now)
                     rows = queries.claim_due(conn, now, self.options.batch_size, token, lease)
                     bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
                 if not rows:
@@ -290,6 +273,7 @@ class Dispatcher:
         send_by: datetime,
     ) -> None:
         futures: set[Future[Sent]] = set()
+        unsent: list[Sent] = []  # decided without sending (template error, unknown channel)
         for row in rows:
             claim = Claim(
                 row.id,
@@ -304,13 +288,15 @@ class Dispatcher:
             )
             prepared = self._prepare(claim, bookings[row.booking_id])
             if isinstance(prepared, Sent):
-                self._record(prepared, report)
+                unsent.append(prepared)
                 continue
             channel, message = prepared
             self._pacer.expect(channel.pacing_key, 1)
             futures.add(pool.submit(self._send, claim, channel, message))
-        for done in _as_completed(futures):
-            self._record(done, report)
+        if unsent:
+            self._record(unsent, report)
+        for group in _completed(futures):
+            self._record(group, report)
 
     def _prepare(self, claim: Claim, booking: Row[Any]) -> tuple[Channel, Message] | Sent:
         """The channel and rendered message, or an outcome decided without sending."""
@@ -384,59 +370,47 @@ class Dispatcher:
 
     # -- recording ---------------------------------------------------------------------
 
-    def _record(self, sent: Sent, report: RunReport) -> None:
-        claim, result = sent.claim, sent.result
+    def _record(self, group: list[Sent], report: RunReport) -> None:
+        """Record the outcomes that have returned, together: one short transaction.
+
+        Every write is still fenced by its own lease token; grouping only saves
+        a BEGIN/COMMIT (and on PostgreSQL a disk flush) per reminder.
+        """
         now = self.clock()
+        attempts: list[dict[str, Any]] = []
+        decided: list[tuple[Claim, Outcome, bool]] = []
         with self.store.transaction() as conn:
-            if result is None and sent.outcome is None:
-                report.released += queries.release_claims(
-                    conn, [(claim.id, claim.lease_token)], now, due_at=sent.due_again
-                )
-                return
-            if result is not None and result.delivery is Delivery.BAD_CREDENTIALS:
-                queries.insert_attempts(
-                    conn,
-                    [
-                        _attempt_row(
-                            claim.id,
-                            report.run_id,
-                            sent.started,
-                            sent.finished,
-                            "bad_credentials",
-                            result.http_status,
-                            result.error,
-                            False,
-                        )
-                    ],
-                )
-                report.released += queries.release_claims(
-                    conn, [(claim.id, claim.lease_token)], now
-                )
-                return
-            if sent.outcome is not None:
-                outcome = sent.outcome
-            else:
-                assert result is not None  # a Sent without outcome was sent
-                outcome = decide(
-                    result, claim.attempts, now, claim.not_after, self.options, self.rng
-                )
-            won = self._apply(conn, claim, outcome, result, now)
-            if result is not None:
-                queries.insert_attempts(
-                    conn,
-                    [
-                        _attempt_row(
-                            claim.id,
-                            report.run_id,
-                            sent.started,
-                            sent.finished,
-                            outcome.action,
-                            result.http_status,
-                            result.error,
-                            result.uncertain,
-                        )
-                    ],
-                )
+            for sent in group:
+                claim, result = sent.claim, sent.result
+                if result is None and sent.outcome is None:  # never sent: give it back
+                    report.released += queries.release_claims(
+                        conn, [(claim.id, claim.lease_token)], now, due_at=sent.due_again
+                    )
+                    continue
+                if result is not None and result.delivery is Delivery.BAD_CREDENTIALS:
+                    attempts.append(_attempt_row(sent, report.run_id, "bad_credentials"))
+                    report.released += queries.release_claims(
+                        conn, [(claim.id, claim.lease_token)], now
+                    )
+                    continue
+                if sent.outcome is not None:
+                    outcome = sent.outcome
+                else:
+                    assert result is not None  # a Sent without outcome was sent
+                    outcome = decide(
+                        result, claim.attempts, now, claim.not_after, self.options, self.rng
+                    )
+                won = self._apply(conn, claim, outcome, result, now)
+                decided.append((claim, outcome, won))
+                if result is not None:
+                    attempts.append(_attempt_row(sent, report.run_id, outcome.action))
+            queries.insert_attempts(conn, attempts)
+        for claim, outcome, won in decided:
+            self._report(claim, outcome, won, report)
+
+    @staticmethod
+    def _report(claim: Claim, outcome: Outcome, won: bool, report: RunReport) -> None:
+        """Count and log one outcome, once, after it was committed."""
         if not won:
             report.lost_lease += 1
             log.warning(
@@ -473,8 +447,7 @@ class Dispatcher:
             )
         if outcome.due_at is not None:
             values["due_at"] = outcome.due_at
-        if outcome.give_back_attempt:
-            values["attempts"] = queries.N.attempts - 1
+        give_back = outcome.give_back_attempt
         if outcome.moved_to is not None:
             if queries.recipient_taken(conn, claim.id, outcome.moved_to):
                 values.update(
@@ -483,42 +456,40 @@ class Dispatcher:
                 )
             else:
                 values["recipient"] = outcome.moved_to
-            won = queries.record_outcome(conn, claim.id, claim.lease_token, values)
+            won = queries.record_outcome(
+                conn, claim.id, claim.lease_token, values, give_back_attempt=give_back
+            )
             if won:
                 queries.retarget_recipient(
                     conn, claim.channel, claim.recipient, outcome.moved_to, now
                 )
             return won
-        return queries.record_outcome(conn, claim.id, claim.lease_token, values)
+        return queries.record_outcome(
+            conn, claim.id, claim.lease_token, values, give_back_attempt=give_back
+        )
 
 
-def _as_completed(futures: set[Future[Sent]]) -> Iterator[Sent]:
+def _completed(futures: set[Future[Sent]]) -> Iterator[list[Sent]]:
+    """The sends that have returned, in groups: whatever finished since the last look."""
     pending = set(futures)
     while pending:
         done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for future in done:
-            yield future.result()
+        yield [future.result() for future in done]
 
 
-def _attempt_row(
-    notification_id: int,
-    run_id: int | None,
-    started: datetime,
-    finished: datetime,
-    outcome: str,
-    http_status: int | None,
-    error: str | None,
-    uncertain: bool,
-) -> dict[str, Any]:
+def _attempt_row(sent: Sent, run_id: int | None, outcome: str) -> dict[str, Any]:
+    """The delivery_attempts row of one send (its error already redacted once more)."""
+    result = sent.result
+    assert result is not None
     return {
-        "notification_id": notification_id,
+        "notification_id": sent.claim.id,
         "run_id": run_id,
-        "started_at": started,
-        "finished_at": finished,
+        "started_at": sent.started,
+        "finished_at": sent.finished,
         "outcome": outcome,
-        "http_status": http_status,
-        "error": redact(error) if error else None,
-        "uncertain": uncertain,
+        "http_status": result.http_status,
+        "error": redact(result.error) if result.error else None,
+        "uncertain": result.uncertain,
     }
 
 

@@ -140,8 +140,14 @@ class Notification(Base):
             sqlite_where=text("status = 'pending'"),
             postgresql_where=text("status = 'pending'"),
         ),
-        # chat migration moves every unsent reminder of one chat
-        Index("ix_notifications_recipient", "channel", "recipient"),
+        # chat migration moves every pending reminder of one chat (partial and led by the
+        # recipient, so no planner mistakes it for a cheap way to list channels)
+        Index(
+            "ix_notifications_pending_recipient",
+            "recipient",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
         # stats over a window of finished reminders
         Index("ix_notifications_updated_at", "updated_at"),
     )

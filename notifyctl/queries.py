@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -356,7 +357,10 @@ class Rescued:
 
 
 def rescue_expired_leases(conn: Connection, now: datetime, max_attempts: int) -> Rescued:
-    """``sending`` rows whose lease ran out (a crashed run) → pending, or failed if spent."""
+    """``sending`` rows whose lease ran out (a crashed run) → pending, or failed if spent.
+
+    Each gets a ``lease_expired`` attempt, marked uncertain: the run may have sent it.
+    """
     lost = and_(N.status == Status.SENDING, N.lease_expires_at <= now)
     cleared = {"lease_token": None, "lease_expires_at": None, "updated_at": now}
     failed = conn.scalars(
@@ -376,6 +380,22 @@ def rescue_expired_leases(conn: Connection, now: datetime, max_attempts: int) ->
         )
         .returning(N.id)
     ).all()
+    insert_attempts(
+        conn,
+        [
+            {
+                "notification_id": notification_id,
+                "run_id": None,
+                "started_at": now,
+                "finished_at": now,
+                "outcome": "lease_expired",
+                "http_status": None,
+                "error": "lease expired: the dispatch holding it stopped (it may have sent it)",
+                "uncertain": True,
+            }
+            for notification_id in (*requeued, *failed)
+        ],
+    )
     return Rescued(list(requeued), list(failed))
 
 
@@ -476,19 +496,42 @@ def bookings_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, Row[Any]]:
     return found
 
 
-def record_outcome(
-    conn: Connection, notification_id: int, lease_token: str, values: Mapping[str, Any]
-) -> bool:
-    """Apply one outcome if this run still holds the lease; True when it did."""
-    result = conn.execute(
+@lru_cache(maxsize=64)
+def _fenced_update(fields: tuple[str, ...], give_back_attempt: bool) -> Any:
+    """UPDATE of one reminder's ``fields`` that applies only under the given lease.
+
+    Built once per shape: dispatch records thousands of outcomes a minute.
+    """
+    values: dict[str, Any] = {f: bindparam(f"v_{f}") for f in fields}
+    if give_back_attempt:
+        values["attempts"] = N.attempts - 1
+    return (
         update(N)
         .where(
-            N.id == notification_id,
+            N.id == bindparam("n_id"),
             N.status == Status.SENDING,
-            N.lease_token == lease_token,
+            N.lease_token == bindparam("n_token"),
         )
         .values({**values, "lease_token": None, "lease_expires_at": None})
     )
+
+
+def record_outcome(
+    conn: Connection,
+    notification_id: int,
+    lease_token: str,
+    values: Mapping[str, Any],
+    *,
+    give_back_attempt: bool = False,
+) -> bool:
+    """Apply one outcome if this run still holds the lease; True when it did.
+
+    ``give_back_attempt`` undoes the attempt counted at claim time (a 429, a
+    moved chat, a send that never started).
+    """
+    stmt = _fenced_update(tuple(sorted(values)), give_back_attempt)
+    params = {f"v_{k}": v for k, v in values.items()}
+    result = conn.execute(stmt, {"n_id": notification_id, "n_token": lease_token, **params})
     return result.rowcount == 1
 
 
@@ -499,15 +542,12 @@ def release_claims(
     due_at: datetime | None = None,
 ) -> int:
     """Put claims back unsent, the attempt given back (and due later when ``due_at``)."""
-    values: dict[str, Any] = {
-        "status": Status.PENDING,
-        "attempts": N.attempts - 1,
-        "updated_at": now,
-    }
+    values: dict[str, Any] = {"status": Status.PENDING, "updated_at": now}
     if due_at is not None:
         values["due_at"] = due_at
     return sum(
-        record_outcome(conn, notification_id, token, values) for notification_id, token in held
+        record_outcome(conn, notification_id, token, values, give_back_attempt=True)
+        for notification_id, token in held
     )
 
 
@@ -699,8 +739,8 @@ def lateness(conn: Connection, since: datetime, *, by_group: bool = True) -> lis
             func.max(seconds).label("max"),
         ).where(sent)
         return list(conn.execute(stmt.group_by(*groups) if groups else stmt))
-    # Partitioned by (kind, channel), which no index yields in order: by (channel, kind)
-    # SQLite would walk all of ix_notifications_recipient instead of the window's range.
+    # Partitioned by (kind, channel), which no index yields in order, so SQLite reads
+    # the window's range of ix_notifications_updated_at instead of walking a whole index.
     partitions = [N.kind, N.channel] if by_group else None
     ranked = (
         select(

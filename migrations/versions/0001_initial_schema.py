@@ -135,7 +135,13 @@ def upgrade() -> None:
             sqlite_where=sa.text("status = 'pending'"),
             postgresql_where=sa.text("status = 'pending'"),
         )
-        batch_op.create_index("ix_notifications_recipient", ["channel", "recipient"], unique=False)
+        batch_op.create_index(
+            "ix_notifications_pending_recipient",
+            ["recipient"],
+            unique=False,
+            sqlite_where=sa.text("status = 'pending'"),
+            postgresql_where=sa.text("status = 'pending'"),
+        )
         batch_op.create_index("ix_notifications_updated_at", ["updated_at"], unique=False)
 
     op.create_table(
@@ -187,7 +193,11 @@ def downgrade() -> None:
     op.drop_table("delivery_attempts")
     with op.batch_alter_table("notifications", schema=None) as batch_op:
         batch_op.drop_index("ix_notifications_updated_at")
-        batch_op.drop_index("ix_notifications_recipient")
+        batch_op.drop_index(
+            "ix_notifications_pending_recipient",
+            sqlite_where=sa.text("status = 'pending'"),
+            postgresql_where=sa.text("status = 'pending'"),
+        )
         batch_op.drop_index(
             "ix_notifications_not_after",
             sqlite_where=sa.text("status = 'pending'"),
