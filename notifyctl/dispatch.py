@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -272,7 +273,7 @@ class Dispatcher:
         report: RunReport,
         send_by: datetime,
     ) -> None:
-        futures: set[Future[Sent]] = set()
+        ready: list[tuple[Claim, Channel, Message]] = []
         unsent: list[Sent] = []  # decided without sending (template error, unknown channel)
         for row in rows:
             claim = Claim(
@@ -289,10 +290,12 @@ class Dispatcher:
             prepared = self._prepare(claim, bookings[row.booking_id])
             if isinstance(prepared, Sent):
                 unsent.append(prepared)
-                continue
-            channel, message = prepared
-            self._pacer.expect(channel.pacing_key, 1)
-            futures.add(pool.submit(self._send, claim, channel, message))
+            else:
+                ready.append((claim, *prepared))
+        # announce the whole batch first, so shared send slots are reserved in one block
+        for key, count in Counter(c.pacing_key for _, c, _ in ready).items():
+            self._pacer.expect(key, count)
+        futures = {pool.submit(self._send, claim, c, message) for claim, c, message in ready}
         if unsent:
             self._record(unsent, report)
         for group in _completed(futures):
@@ -373,40 +376,77 @@ class Dispatcher:
     def _record(self, group: list[Sent], report: RunReport) -> None:
         """Record the outcomes that have returned, together: one short transaction.
 
-        Every write is still fenced by its own lease token; grouping only saves
-        a BEGIN/COMMIT (and on PostgreSQL a disk flush) per reminder.
+        Every write is still fenced by its own lease token (``queries.record_outcomes``);
+        grouping saves a BEGIN/COMMIT, a disk flush and a statement per reminder.
         """
         now = self.clock()
         attempts: list[dict[str, Any]] = []
-        decided: list[tuple[Claim, Outcome, bool]] = []
-        with self.store.transaction() as conn:
-            for sent in group:
-                claim, result = sent.claim, sent.result
-                if result is None and sent.outcome is None:  # never sent: give it back
-                    report.released += queries.release_claims(
-                        conn, [(claim.id, claim.lease_token)], now, due_at=sent.due_again
-                    )
-                    continue
-                if result is not None and result.delivery is Delivery.BAD_CREDENTIALS:
-                    attempts.append(_attempt_row(sent, report.run_id, "bad_credentials"))
-                    report.released += queries.release_claims(
-                        conn, [(claim.id, claim.lease_token)], now
-                    )
-                    continue
-                if sent.outcome is not None:
-                    outcome = sent.outcome
-                else:
-                    assert result is not None  # a Sent without outcome was sent
-                    outcome = decide(
-                        result, claim.attempts, now, claim.not_after, self.options, self.rng
-                    )
-                won = self._apply(conn, claim, outcome, result, now)
-                decided.append((claim, outcome, won))
+        decided: list[tuple[Claim, Outcome]] = []
+        writes: list[queries.FencedWrite] = []
+        released: list[int] = []
+        moved: list[tuple[Claim, Outcome]] = []
+        for sent in group:
+            claim, result = sent.claim, sent.result
+            if (result is None and sent.outcome is None) or (
+                result is not None and result.delivery is Delivery.BAD_CREDENTIALS
+            ):
+                # never sent, or sent with credentials the provider refused: give it back
                 if result is not None:
-                    attempts.append(_attempt_row(sent, report.run_id, outcome.action))
+                    attempts.append(_attempt_row(sent, report.run_id, "bad_credentials"))
+                give_back = {"status": Status.PENDING, "updated_at": now}
+                if sent.due_again is not None:
+                    give_back["due_at"] = sent.due_again
+                writes.append(queries.FencedWrite(claim.id, claim.lease_token, give_back, True))
+                released.append(claim.id)
+                continue
+            if sent.outcome is not None:
+                outcome = sent.outcome
+            else:
+                assert result is not None  # a Sent without outcome was sent
+                outcome = decide(
+                    result, claim.attempts, now, claim.not_after, self.options, self.rng
+                )
+            if result is not None:
+                attempts.append(_attempt_row(sent, report.run_id, outcome.action))
+            if outcome.moved_to is not None:
+                moved.append((claim, outcome))
+                continue
+            writes.append(
+                queries.FencedWrite(
+                    claim.id,
+                    claim.lease_token,
+                    _outcome_values(outcome, result, now),
+                    outcome.give_back_attempt,
+                )
+            )
+            decided.append((claim, outcome))
+        with self.store.transaction() as conn:
+            won = queries.record_outcomes(conn, writes)
+            won.update(
+                claim.id for claim, outcome in moved if self._move(conn, claim, outcome, now)
+            )
             queries.insert_attempts(conn, attempts)
-        for claim, outcome, won in decided:
-            self._report(claim, outcome, won, report)
+        report.released += sum(1 for notification_id in released if notification_id in won)
+        for claim, outcome in [*decided, *moved]:
+            self._report(claim, outcome, claim.id in won, report)
+
+    @staticmethod
+    def _move(conn: Any, claim: Claim, outcome: Outcome, now: datetime) -> bool:
+        """The chat moved (Telegram group → supergroup): follow it, with its other reminders."""
+        assert outcome.moved_to is not None
+        values = _outcome_values(outcome, None, now)
+        if queries.recipient_taken(conn, claim.id, outcome.moved_to):
+            values.update(
+                status=Status.CANCELLED, last_error=f"duplicate: chat moved to {outcome.moved_to}"
+            )
+        else:
+            values["recipient"] = outcome.moved_to
+        won = queries.record_outcome(
+            conn, claim.id, claim.lease_token, values, give_back_attempt=True
+        )
+        if won:
+            queries.retarget_recipient(conn, claim.channel, claim.recipient, outcome.moved_to, now)
+        return won
 
     @staticmethod
     def _report(claim: Claim, outcome: Outcome, won: bool, report: RunReport) -> None:
@@ -431,42 +471,23 @@ class Dispatcher:
             extra={"action": outcome.action, "notification_id": claim.id},
         )
 
-    def _apply(
-        self, conn: Any, claim: Claim, outcome: Outcome, result: SendResult | None, now: datetime
-    ) -> bool:
-        values: dict[str, Any] = {
-            "status": outcome.status,
-            "updated_at": now,
-            "last_error": outcome.error,
-        }
-        if outcome.status is Status.SENT:
-            values.update(
-                sent_at=now,
-                provider_message_id=result.provider_id if result else None,
-                last_error=None,
-            )
-        if outcome.due_at is not None:
-            values["due_at"] = outcome.due_at
-        give_back = outcome.give_back_attempt
-        if outcome.moved_to is not None:
-            if queries.recipient_taken(conn, claim.id, outcome.moved_to):
-                values.update(
-                    status=Status.CANCELLED,
-                    last_error=f"duplicate: chat moved to {outcome.moved_to}",
-                )
-            else:
-                values["recipient"] = outcome.moved_to
-            won = queries.record_outcome(
-                conn, claim.id, claim.lease_token, values, give_back_attempt=give_back
-            )
-            if won:
-                queries.retarget_recipient(
-                    conn, claim.channel, claim.recipient, outcome.moved_to, now
-                )
-            return won
-        return queries.record_outcome(
-            conn, claim.id, claim.lease_token, values, give_back_attempt=give_back
+
+def _outcome_values(outcome: Outcome, result: SendResult | None, now: datetime) -> dict[str, Any]:
+    """The columns one outcome writes."""
+    values: dict[str, Any] = {
+        "status": outcome.status,
+        "updated_at": now,
+        "last_error": outcome.error,
+    }
+    if outcome.status is Status.SENT:
+        values.update(
+            sent_at=now,
+            provider_message_id=result.provider_id if result else None,
+            last_error=None,
         )
+    if outcome.due_at is not None:
+        values["due_at"] = outcome.due_at
+    return values
 
 
 def _completed(futures: set[Future[Sent]]) -> Iterator[list[Sent]]:

@@ -37,7 +37,7 @@ class Status(enum.StrEnum):
     """Reminder states, and who moves rows out of each."""
 
     PENDING = "pending"  # queries.claim_due, expire_useless, expire_superseded, cancel
-    SENDING = "sending"  # queries.record_outcome, rescue_expired_leases, release_claims
+    SENDING = "sending"  # queries.record_outcomes, rescue_expired_leases
     SENT = "sent"  # final; service.create re-arms it when rescheduled into the future
     FAILED = "failed"  # final; service.create re-arms it when rescheduled
     CANCELLED = "cancelled"  # final; service.create --reactivate or a re-added recipient

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -32,6 +32,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import aliased
@@ -535,20 +536,42 @@ def record_outcome(
     return result.rowcount == 1
 
 
-def release_claims(
-    conn: Connection,
-    held: Sequence[tuple[int, str]],
-    now: datetime,
-    due_at: datetime | None = None,
-) -> int:
-    """Put claims back unsent, the attempt given back (and due later when ``due_at``)."""
-    values: dict[str, Any] = {"status": Status.PENDING, "updated_at": now}
-    if due_at is not None:
-        values["due_at"] = due_at
-    return sum(
-        record_outcome(conn, notification_id, token, values, give_back_attempt=True)
-        for notification_id, token in held
-    )
+class FencedWrite(NamedTuple):
+    """One outcome to apply under a lease: see ``record_outcomes``."""
+
+    notification_id: int
+    lease_token: str
+    values: Mapping[str, Any]
+    give_back_attempt: bool = False
+
+
+def record_outcomes(conn: Connection, writes: Sequence[FencedWrite]) -> set[int]:
+    """Apply many outcomes, each only where its lease is still held; the ids that won.
+
+    The rows still held are read first (locked on PostgreSQL; SQLite's BEGIN
+    IMMEDIATE already excludes other writers), then each shape of outcome goes
+    to the driver as one executemany, still fenced by status and token.
+    """
+    if not writes:
+        return set()
+    pairs = [(w.notification_id, w.lease_token) for w in writes]
+    held: set[int] = set()
+    for part in chunks(pairs):
+        rows = conn.execute(
+            select(N.id)
+            .where(N.status == Status.SENDING, tuple_(N.id, N.lease_token).in_(part))
+            .with_for_update()
+        )
+        held.update(rows.scalars())
+    shapes: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
+    for w in writes:
+        if w.notification_id in held:
+            params = {f"v_{k}": v for k, v in w.values.items()}
+            params.update(n_id=w.notification_id, n_token=w.lease_token)
+            shapes.setdefault((tuple(sorted(w.values)), w.give_back_attempt), []).append(params)
+    for (fields, give_back), params_list in shapes.items():
+        conn.execute(_fenced_update(fields, give_back), params_list)
+    return held
 
 
 def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: datetime) -> int:
