@@ -64,7 +64,6 @@ class TelegramChannel:
     parts: frozenset[str] = frozenset()
 
     def __init__(self, context: ChannelContext) -> None:
-        import requests
 
         settings = context.settings
         check_config(settings)
@@ -75,7 +74,7 @@ class TelegramChannel:
         self._url = f"{settings.telegram_api_url.rstrip('/')}/bot{token}/sendMessage"
         self._timeout = (context.connect_timeout, context.read_timeout)
         self._own_session = context.http_session is None
-        self._session: requests.Session = context.http_session or requests.Session()
+        self._session: requests.Session = context.http_session or _session_for(self._url)
 
     def send(self, message: Message) -> SendResult:
         import requests
@@ -102,6 +101,25 @@ class TelegramChannel:
     def close(self) -> None:
         if self._own_session:
             self._session.close()
+
+
+def _session_for(url: str) -> requests.Session:
+    """A Session that reads the environment (proxies, CA bundle) once, not per request.
+
+    requests otherwise looks up proxies, ~/.netrc and the CA bundle path again on
+    every send; a burst of reminders pays that thousands of times.
+    """
+    import os
+
+    import requests
+
+    session = requests.Session()
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    session.verify = (
+        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    )
+    session.trust_env = False
+    return session
 
 
 def _describe(error: Exception) -> str:
