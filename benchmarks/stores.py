@@ -1,0 +1,183 @@
+"""Fill a migrated store fast with set-based SQL (no Python loop over rows).
+
+SQLite uses a recursive CTE, PostgreSQL ``generate_series``. Both write the
+same rows, into the tables and indexes that ``notifyctl migrate`` created:
+
+- ``sent``: finished history. Each booking (in the past) has the four default
+  kinds to one chat, all ``sent`` (attempts 1, a provider message id).
+- ``future``: pending reminders of bookings 3+ days ahead: nothing is due.
+- ``due``: pending ``hour_before`` reminders due 10-15 minutes ago, still
+  useful for 45+ minutes; each booking has ``per_booking`` reminders, each to
+  its own chat, so neither per-chat spacing nor superseding applies.
+
+Every reminder goes to a distinct Telegram chat id. SQLite stores times as
+SQLAlchemy does (naive UTC ``YYYY-MM-DD HH:MM:SS.ffffff``); ``data`` is the
+JSON ``null`` that notifyctl writes for a booking without data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from harness import Store
+
+Mode = Literal["sent", "future", "due"]
+KINDS = ("day_before", "hour_before", "at_start", "before_end")
+CHAT_BASE = 1_000_000_000
+BOOKING_LENGTH = 3600  # seconds
+
+
+@dataclass(frozen=True)
+class Fill:
+    mode: Mode
+    reminders: int  # total notification rows
+    per_booking: int = 4
+    first_booking: int = 1  # booking ids first_booking .. first_booking + bookings - 1
+
+    @property
+    def bookings(self) -> int:
+        return -(-self.reminders // self.per_booking)
+
+    @property
+    def last_booking(self) -> int:
+        return self.first_booking + self.bookings - 1
+
+
+def _start(mode: Mode) -> str:
+    """Booking start, in seconds from now, for booking number ``i``."""
+    if mode == "sent":  # one a minute, all ended more than a day ago
+        return "(i * 60 - 300 * 86400)"
+    if mode == "future":
+        return "(i * 60 + 3 * 86400)"
+    return "(3000 - i % 300)"  # due: started within the hour, so hour_before is due
+
+
+def _slots(fill: Fill) -> list[tuple[int, str, int]]:
+    """(slot, kind, recipient offset) for the reminders of one booking."""
+    if fill.mode == "due":
+        return [(j, "hour_before", j) for j in range(fill.per_booking)]
+    if fill.per_booking > len(KINDS):
+        raise ValueError("sent/future fills have at most one reminder per kind")
+    return [(j, KINDS[j], 0) for j in range(fill.per_booking)]
+
+
+def _columns(fill: Fill, t: str) -> tuple[str, str]:
+    """(booking SELECT list, notification SELECT list); ``t`` formats seconds-from-now."""
+    start = "s.start_s"
+    end = f"(s.start_s + {BOOKING_LENGTH})"
+    scheduled = (
+        f"CASE k.kind WHEN 'day_before' THEN {start} - 86400 "
+        f"WHEN 'hour_before' THEN {start} - 3600 WHEN 'at_start' THEN {start} "
+        f"ELSE {end} - 300 END"
+    )
+    not_after = f"CASE WHEN k.kind IN ('day_before', 'hour_before') THEN {start} ELSE {end} END"
+    created = f"{start} - 7 * 86400" if fill.mode == "sent" else "-3600"
+    booking = (
+        "s.i, 'bench-' || s.i, 'Bench booking ' || s.i, "
+        f"{t.format(start)}, {t.format(end)}, 'Europe/Berlin', NULL, 'null', 'active', "
+        f"{t.format(created)}, {t.format(created)}"
+    )
+    chat = f"CAST({CHAT_BASE} + s.i * 10 + k.r AS TEXT)"
+    if fill.mode == "sent":
+        status = (
+            f"'sent', 1, NULL, NULL, NULL, {t.format(scheduled)}, "
+            f"CAST(s.i * 10 + k.j AS TEXT), {t.format(created)}, {t.format(scheduled)}"
+        )
+    else:
+        status = f"'pending', 0, NULL, NULL, NULL, NULL, NULL, {t.format(created)}, " + t.format(
+            created
+        )
+    notification = (
+        f"s.i, k.kind, 'telegram', {chat}, {t.format(scheduled)}, {t.format(not_after)}, "
+        f"{t.format(scheduled)}, {status}"
+    )
+    return booking, notification
+
+
+BOOKING_COLUMNS = (
+    "id, external_id, title, starts_at, ends_at, timezone, locale, data, status, "
+    "created_at, updated_at"
+)
+NOTIFICATION_COLUMNS = (
+    "booking_id, kind, channel, recipient, scheduled_at, not_after, due_at, status, "
+    "attempts, last_error, lease_token, lease_expires_at, sent_at, provider_message_id, "
+    "created_at, updated_at"
+)
+
+
+def _slot_values(fill: Fill) -> str:
+    return ", ".join(f"({j}, '{kind}', {r})" for j, kind, r in _slots(fill))
+
+
+def fill_sqlite(store: Store, fills: list[Fill], now: datetime | None = None) -> None:
+    now = now or datetime.now(UTC)
+    conn = store.connect_sqlite()
+    try:
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA cache_size = -262144")
+        conn.execute("BEGIN IMMEDIATE")
+        t = "(strftime('%Y-%m-%d %H:%M:%S', :now, ({}) || ' seconds') || '.000000')"
+        for fill in fills:
+            booking, notification = _columns(fill, t)
+            seq = (
+                "WITH RECURSIVE seq(i) AS (SELECT :first UNION ALL "
+                "SELECT i + 1 FROM seq WHERE i < :last), "
+                f"s(i, start_s) AS (SELECT i, {_start(fill.mode)} FROM seq)"
+            )
+            params = {
+                "now": now.strftime("%Y-%m-%d %H:%M:%S"),
+                "first": fill.first_booking,
+                "last": fill.last_booking,
+            }
+            conn.execute(
+                f"INSERT INTO bookings ({BOOKING_COLUMNS}) {seq} SELECT {booking} FROM s", params
+            )
+            conn.execute(
+                f"INSERT INTO notifications ({NOTIFICATION_COLUMNS}) {seq}, "
+                f"k(j, kind, r) AS (VALUES {_slot_values(fill)}) "
+                f"SELECT {notification} FROM s CROSS JOIN k ORDER BY s.i, k.j",
+                params,
+            )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def fill_postgresql(store: Store, fills: list[Fill], now: datetime | None = None) -> None:
+    now = now or datetime.now(UTC)
+    t = "(%(now)s::timestamptz + ({}) * interval '1 second')"
+    with store.connect_pg() as conn:
+        for fill in fills:
+            booking, notification = _columns(fill, t)
+            seq = (
+                f"WITH s(i, start_s) AS (SELECT i, {_start(fill.mode).replace('%', '%%')} "
+                "FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i)"
+            )
+            params = {"now": now, "first": fill.first_booking, "last": fill.last_booking}
+            conn.execute(
+                f"INSERT INTO bookings ({BOOKING_COLUMNS}) {seq} SELECT {booking} FROM s", params
+            )
+            conn.execute(
+                f"INSERT INTO notifications ({NOTIFICATION_COLUMNS}) {seq}, "
+                f"k(j, kind, r) AS (VALUES {_slot_values(fill)}) "
+                f"SELECT {notification} FROM s CROSS JOIN k ORDER BY s.i, k.j",
+                params,
+            )
+        conn.execute(
+            "SELECT setval(pg_get_serial_sequence('bookings', 'id'), "
+            "(SELECT coalesce(max(id), 1) FROM bookings))"
+        )
+        conn.commit()
+    with store.connect_pg(autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")  # what autovacuum does to a store this size
+        conn.execute("CHECKPOINT")  # write the fill out now, not during a measurement
+
+
+def fill(store: Store, fills: list[Fill], now: datetime | None = None) -> None:
+    if store.dialect == "sqlite":
+        fill_sqlite(store, fills, now)
+    else:
+        fill_postgresql(store, fills, now)
