@@ -384,9 +384,11 @@ def fig_idle(ctx: Context, stores: Stores) -> list[Result]:
         ctx.log(f"  {stores.dialect} idle store {n} finished rows filled in {_s(t0)}")
         stores_by_size[label] = store
 
+    # Judged on the big store: on a small table PostgreSQL's planner rightly prefers a
+    # sequential scan (it costs less than an index walk); that plan is printed, not failed.
     explain_result = Result(
         "idle",
-        "idle: EXPLAIN, plans that scan notifications",
+        f"idle: EXPLAIN at {big_n} rows, plans that scan",
         stores.dialect,
         "count",
         Target("max==", 0),
@@ -395,9 +397,10 @@ def fig_idle(ctx: Context, stores: Stores) -> list[Result]:
     for label, n in (("small", small_n), ("big", big_n)):
         plans = explain_store(stores_by_size[label].url)
         print(format_plans(f"\nEXPLAIN ({stores.dialect}, {n} finished rows):", plans))
-        scans += [f"{n} rows, {p.query}: {line}" for p in plans for line in p.bad]
+        if label == "big":
+            scans += [f"{n} rows, {p.query}: {line}" for p in plans for line in p.bad]
         explain_result.details[f"plans_{n}_rows"] = [asdict(p) for p in plans]
-    explain_result.notifyctl.append(float(len(scans)))  # plans (both stores) that scan
+    explain_result.notifyctl.append(float(len(scans)))  # plans on the big store that scan
     explain_result.details["scans"] = scans
 
     commands: dict[str, tuple[list[str], dict[str, str]]] = {
