@@ -203,10 +203,6 @@ def check_schema(engine: Engine, expected: str) -> None:
         )
 
 
-def is_postgres(conn: Connection | Engine) -> bool:
-    return conn.dialect.name == "postgresql"
-
-
 @dataclass
 class Store:
     """An open store: the engine plus the clock every use case reads."""

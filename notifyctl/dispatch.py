@@ -153,7 +153,6 @@ class Claim:
     kind: str
     attempts: int
     not_after: datetime
-    booking_ref: int
     send_by: datetime  # last moment to start sending: well inside the lease
 
 
@@ -284,7 +283,6 @@ class Dispatcher:
                 row.kind,
                 row.attempts,
                 row.not_after,
-                row.booking_id,
                 send_by,
             )
             prepared = self._prepare(claim, bookings[row.booking_id])
