@@ -22,12 +22,12 @@ HEAVY = [
     "notifyctl.dispatch",
 ]
 
-PROBE = """
+PROBE = f"""
 import json, sys
 from notifyctl.cli import main
 code = main(["dispatch"])
-print(json.dumps({"code": code, "loaded": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print(json.dumps({{"code": code, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
 
 
 def test_idle_dispatch_loads_no_heavy_module_and_records_its_run(
