@@ -245,6 +245,9 @@ class Dispatcher:
 
         self._pacer = Pacer(self.store.engine, self.options.rate_limit, self.clock, self.sleep)
         lease = timedelta(seconds=self.options.lease_seconds)
+        # a send must start well before the lease runs out, or a rescuer may resend it
+        lease_s = self.options.lease_seconds
+        margin = timedelta(seconds=min(lease_s / 2, lease_s * 0.2 + self.context.read_timeout))
         with ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="send") as pool:
             while self.monotonic() - started < self.options.max_seconds:
                 now = self.clock()
@@ -255,11 +258,7 @@ class Dispatcher:
                 if not rows:
                     return
                 report.claimed += len(rows)
-                # a send must start well before the lease runs out, or a rescuer may resend it
-                lease_s = self.options.lease_seconds
-                margin = min(lease_s / 2, lease_s * 0.2 + self.context.read_timeout)
-                send_by = now + lease - timedelta(seconds=margin)
-                self._send_batch(pool, rows, token, bookings, report, send_by)
+                self._send_batch(pool, rows, token, bookings, report, now + lease - margin)
                 if self._stop.is_set():
                     raise ConfigError(self._stop_error or "bad credentials")
 

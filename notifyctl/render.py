@@ -36,9 +36,6 @@ class Output:
     def line(self, text: str = "") -> None:
         print(text, file=self.stdout)
 
-    def note(self, text: str) -> None:
-        print(text, file=self.stderr)
-
 
 def plain(value: Any) -> Any:
     """A JSON/CSV-friendly value: times as ISO 8601 UTC."""
