@@ -29,6 +29,7 @@ from .config import (
     Settings,
     default_database_url,
     load_dotenv_file,
+    parse_send_deadline,
     redact,
 )
 from .errors import ConfigError, ExitCode, InvalidInput, NotifyctlError
@@ -447,7 +448,9 @@ def _env_option(name: str, help_text: str, **kwargs: Any) -> Any:
 @app.command(
     epilog="Channels are configured from the environment: NOTIFYCTL_WEBHOOK_SECRET "
     "(webhook signatures), NOTIFYCTL_SMTP_URL and NOTIFYCTL_EMAIL_FROM (email), "
-    "NOTIFYCTL_TEMPLATES (message templates). Exit codes: 0 ok, 2 bad options, "
+    "NOTIFYCTL_TEMPLATES (message templates), NOTIFYCTL_WEBHOOK_ALLOW (internal webhook "
+    "hosts/CIDRs), NOTIFYCTL_APPRISE_SCHEMES (Apprise services accepted), "
+    "NOTIFYCTL_SEND_DEADLINE (seconds per send, default 30). Exit codes: 0 ok, 2 bad options, "
     "3 missing or rejected credentials, 4 database unavailable or not migrated."
 )
 def dispatch(
@@ -573,6 +576,9 @@ def _channel_settings() -> dict[str, Any]:
         "smtp_url": env.get("NOTIFYCTL_SMTP_URL") or None,
         "email_from": env.get("NOTIFYCTL_EMAIL_FROM") or None,
         "templates_path": env.get("NOTIFYCTL_TEMPLATES") or None,
+        "webhook_allow": env.get("NOTIFYCTL_WEBHOOK_ALLOW") or None,
+        "apprise_schemes": env.get("NOTIFYCTL_APPRISE_SCHEMES") or None,
+        "send_deadline": parse_send_deadline(env.get("NOTIFYCTL_SEND_DEADLINE")),
     }
 
 

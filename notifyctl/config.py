@@ -7,6 +7,7 @@ from ``.env`` without overriding what is already set, which gives the order.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -19,6 +20,7 @@ from .errors import ConfigError
 
 APP_NAME = "notifyctl"
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+DEFAULT_SEND_DEADLINE = 30.0
 REDACTED = "***"
 
 
@@ -53,12 +55,31 @@ class Settings:
     smtp_url: str | None = None
     email_from: str | None = None
     templates_path: str | None = None
+    #: NOTIFYCTL_WEBHOOK_ALLOW: hosts/CIDRs webhooks may reach besides public addresses
+    webhook_allow: str | None = None
+    #: NOTIFYCTL_APPRISE_SCHEMES: Apprise services accepted (None: a safe default set)
+    apprise_schemes: str | None = None
+    #: NOTIFYCTL_SEND_DEADLINE: seconds one send may take on any channel, answer included
+    send_deadline: float = DEFAULT_SEND_DEADLINE
 
     def secrets(self) -> list[str]:
         """Every secret these settings hold, for the redactor."""
         found = [self.telegram_token, self.webhook_secret]
         found += [url_password(u) for u in (self.database_url, self.smtp_url)]
         return [s for s in found if s]
+
+
+def parse_send_deadline(text: str | None) -> float:
+    """``NOTIFYCTL_SEND_DEADLINE``: seconds, 0.1 to 3600 (default 30)."""
+    if not text or not text.strip():
+        return DEFAULT_SEND_DEADLINE
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0.1 <= seconds <= 3600:
+        raise ConfigError("NOTIFYCTL_SEND_DEADLINE must be a number of seconds from 0.1 to 3600")
+    return seconds
 
 
 def url_password(url: str | None) -> str | None:

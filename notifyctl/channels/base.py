@@ -99,10 +99,24 @@ class Channel(Protocol):
 
 @dataclass(frozen=True)
 class ChannelContext:
-    """What a channel may use: settings, where console output goes, HTTP timeouts."""
+    """What a channel may use: settings, where console output goes, time limits.
+
+    ``send_deadline`` bounds one whole send (connect, request, answer), however
+    a receiver paces its bytes; ``connect_timeout`` and ``read_timeout`` bound
+    single operations within it. A send abandoned at its deadline after the
+    request went out is a retry marked uncertain. 0 (the default) takes
+    ``settings.send_deadline`` (``NOTIFYCTL_SEND_DEADLINE``).
+    """
 
     settings: Settings
     stdout: TextIO
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
-    http_session: Any = None  # a requests.Session to share; tests inject their own
+    # a requests.Session to share (Telegram; tests inject their own). Webhooks
+    # never use it: their session checks addresses and ignores the environment.
+    http_session: Any = None
+    send_deadline: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.send_deadline <= 0:
+            object.__setattr__(self, "send_deadline", self.settings.send_deadline)

@@ -1,0 +1,435 @@
+"""Where end-user URLs may lead, and how long a send may take (SPEC §14).
+
+Two guards shared by the HTTP channels:
+
+- ``AddressPolicy`` decides whether an address is a public destination or one
+  the operator allowed (``NOTIFYCTL_WEBHOOK_ALLOW``: hostnames and CIDRs).
+  ``guarded_session`` gives a requests session whose connections resolve the
+  host once, check every resolved address, and connect to the checked IP
+  itself, while the Host header, TLS SNI and certificate checks keep the
+  hostname: nothing can resolve differently between the check and the
+  connect (no DNS-rebinding gap).
+- ``Deadline`` bounds a whole send. Per-socket timeouts only bound one read,
+  so a receiver that trickles a byte at a time would never time out; a
+  watchdog thread shuts down the send's sockets when its deadline passes,
+  which ends any blocking read or write at once, with or without TLS.
+
+requests and urllib3 are imported inside functions, so importing this module
+costs nothing on an idle run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import ipaddress
+import itertools
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import requests
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: answers are read up to this size; a larger one is cut off (nothing needs more)
+MAX_BODY = 64 * 1024
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+#: ranges Python's flags miss or that embed another address
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # CGNAT
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64, compatible)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    return None
+
+
+def is_public(ip: IPAddress) -> bool:
+    """True for an address on the public internet; False for loopback, private,
+    link-local (169.254.169.254 included), CGNAT, multicast, reserved,
+    unspecified and their IPv6 forms (::1, fc00::/7, fe80::/10, IPv4-mapped …)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            return False
+        inner = _embedded_ipv4(ip)
+        if inner is not None and not is_public(inner):
+            return False
+        if ip in _NAT64_LOCAL or ip.is_site_local:
+            return False
+    elif ip in _SHARED:
+        return False
+    return ip.is_global and not (
+        ip.is_multicast
+        or ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def literal_ip(host: str) -> IPAddress | None:
+    """The address a URL host names literally (``[::1]`` too), else None."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (for "https except to loopback" rules)."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
+    ip = literal_ip(name)
+    return ip is not None and ip.is_loopback
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Public addresses, plus the hosts and networks the operator allowed."""
+
+    hosts: frozenset[str] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | None) -> AddressPolicy:
+        """``NOTIFYCTL_WEBHOOK_ALLOW``: a comma list of hostnames and CIDRs (or IPs).
+
+        ``ValueError`` names the entry that is neither.
+        """
+        hosts: set[str] = set()
+        networks: list[IPNetwork] = []
+        for raw in (text or "").split(","):
+            entry = raw.strip().lower()
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+                continue
+            except ValueError:
+                pass
+            name = entry.rstrip(".")
+            labels = name.split(".")
+            if not all(lab and len(lab) < 64 and lab.replace("-", "").isalnum() for lab in labels):
+                raise ValueError(
+                    f"NOTIFYCTL_WEBHOOK_ALLOW: {raw.strip()[:80]!r} is not a hostname or CIDR"
+                )
+            hosts.add(name)
+        return cls(frozenset(hosts), tuple(networks))
+
+    def allows_host(self, host: str) -> bool:
+        return host.strip("[]").rstrip(".").lower() in self.hosts
+
+    def allows_address(self, ip: IPAddress) -> bool:
+        if is_public(ip):
+            return True
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == net.version and ip in net for net in self.networks)
+
+    def check_literal(self, host: str) -> None:
+        """``ValueError`` when ``host`` is a literal non-public IP not allowed (at ``create``)."""
+        ip = literal_ip(host)
+        if ip is not None and not self.allows_host(host) and not self.allows_address(ip):
+            raise ValueError(
+                "the webhook URL points to a non-public address "
+                "(allow internal receivers with NOTIFYCTL_WEBHOOK_ALLOW)"
+            )
+
+    def resolve(self, host: str, port: int) -> list[tuple[Any, ...]]:
+        """``getaddrinfo`` once; every address must pass, or ``DestinationRefused``."""
+        name = host.strip("[]")
+        infos = socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM)
+        if self.allows_host(name):
+            return infos
+        for info in infos:
+            ip = ipaddress.ip_address(str(info[4][0]))  # a scoped IPv6 is never public
+            if not self.allows_address(ip):
+                raise DestinationRefused(
+                    "the webhook host resolves to a non-public address "
+                    "(allow internal receivers with NOTIFYCTL_WEBHOOK_ALLOW)"
+                )
+        return infos
+
+
+class DestinationRefused(OSError):
+    """The destination is not public and not allowed; never retried."""
+
+
+# --- the deadline of one send ----------------------------------------------------------
+
+
+class Deadline:
+    """One send's overall time limit; sockets registered with it close when it passes.
+
+    Used as a context manager around the send: inside it, connections made
+    through ``http_session`` register their sockets with it automatically.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expires_at = time.monotonic() + max(seconds, 0.0)
+        self.expired = False
+        #: the request started to go out: an abandoned send may have been acted on
+        self.request_started = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._active = False
+
+    def left(self) -> float:
+        return max(self.expires_at - time.monotonic(), 0.0)
+
+    def timeout(self, limit: float) -> float:
+        """A per-operation timeout: ``limit``, but never past the deadline (≥ 1 ms)."""
+        return max(min(limit, self.left()), 0.001)
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if not self.expired:
+                self._sockets.append(sock)
+                return
+        _shutdown(sock)
+
+    def expire(self) -> None:
+        """Called by the watchdog: cut every socket of this send."""
+        with self._lock:
+            if not self._active or self.expired:
+                return
+            self.expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shutdown(sock)
+
+    def __enter__(self) -> Deadline:
+        self._active = True
+        _local.deadline = self
+        _WATCHDOG.arm(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._active = False
+            self._sockets = []
+        _local.deadline = None
+
+    def message(self) -> str:
+        return f"no complete answer within the send deadline ({self.seconds:g} s)"
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # socket.socket.shutdown, not SSLSocket.shutdown: this runs on another
+    # thread than the reader and must not touch the TLS object in use
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Local(threading.local):
+    deadline: Deadline | None = None
+
+
+_local = _Local()
+
+
+def current_deadline() -> Deadline | None:
+    return _local.deadline
+
+
+class _Watchdog:
+    """One daemon thread that expires deadlines in order (not a timer per send)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._counter = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: Deadline) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline.expires_at, next(self._counter), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="notifyctl-send-deadline", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                expires_at, _, deadline = self._heap[0]
+                wait = expires_at - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            deadline.expire()
+
+
+_WATCHDOG = _Watchdog()
+
+
+# --- HTTP ------------------------------------------------------------------------------
+
+
+def http_session(policy: AddressPolicy | None, *, trust_env: bool) -> requests.Session:
+    """A requests session whose connections honour the current ``Deadline``.
+
+    With a ``policy``, every connection checks the addresses it connects to
+    (see ``AddressPolicy.resolve``). ``trust_env=False`` ignores ``.netrc``
+    and the environment's proxies.
+    """
+    import requests
+
+    session = requests.Session()
+    session.trust_env = trust_env
+    adapter = _adapter_class()(policy)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _adapter_class() -> Any:
+    """Built on first use, so that requests is imported only by channels that send."""
+    global _ADAPTER
+    if _ADAPTER is not None:
+        return _ADAPTER
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+    from urllib3.exceptions import NewConnectionError
+    from urllib3.util import connection as util_connection
+
+    class GuardedMixin:
+        policy: AddressPolicy | None = None
+        host: str
+        port: int
+        timeout: Any
+        source_address: Any
+        socket_options: Any
+        sock: Any
+
+        def _new_conn(self) -> socket.socket:
+            deadline = _local.deadline
+            timeout = self.timeout
+            if deadline is not None and isinstance(timeout, int | float):
+                timeout = deadline.timeout(timeout)
+            if self.policy is None:
+                sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+            else:
+                sock = self._guarded_conn(self.policy, timeout)
+            if deadline is not None:
+                deadline.watch(sock)
+            return sock
+
+        def _guarded_conn(self, policy: AddressPolicy, timeout: Any) -> socket.socket:
+            try:
+                infos = policy.resolve(self.host, self.port)
+            except DestinationRefused as e:
+                raise _Refused(self, str(e)) from None
+            except OSError as e:
+                raise NewConnectionError(self, f"Failed to resolve the host: {e}") from e
+            error: OSError | None = None
+            for family, socktype, proto, _, address in infos:
+                sock = socket.socket(family, socktype, proto)
+                try:
+                    util_connection._set_socket_options(sock, self.socket_options)
+                    sock.settimeout(timeout)
+                    sock.connect(address)  # the checked address itself
+                    return sock
+                except OSError as e:
+                    sock.close()
+                    error = e
+            if isinstance(error, TimeoutError):
+                from urllib3.exceptions import ConnectTimeoutError
+
+                raise ConnectTimeoutError(self, f"Connection timed out ({timeout} s)")
+            raise NewConnectionError(self, f"Failed to establish a new connection: {error}")
+
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            deadline = _local.deadline
+            if deadline is not None:
+                deadline.watch(self.sock)  # a kept-alive connection's socket
+                deadline.request_started = True
+            return super().request(*args, **kwargs)  # type: ignore[misc]
+
+    class _Refused(NewConnectionError):
+        refused = True
+
+    class GuardedHTTPConnection(GuardedMixin, HTTPConnection):
+        pass
+
+    class GuardedHTTPSConnection(GuardedMixin, HTTPSConnection):
+        pass
+
+    class GuardedAdapter(HTTPAdapter):
+        def __init__(self, policy: AddressPolicy | None) -> None:
+            self._policy = policy
+            super().__init__()
+
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            policy = self._policy
+
+            class HTTPPool(HTTPConnectionPool):
+                ConnectionCls = type("Conn", (GuardedHTTPConnection,), {"policy": policy})
+
+            class HTTPSPool(HTTPSConnectionPool):
+                ConnectionCls = type("Conn", (GuardedHTTPSConnection,), {"policy": policy})
+
+            self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+    _ADAPTER = GuardedAdapter
+    return _ADAPTER
+
+
+_ADAPTER: Any = None
+
+
+def refused(error: BaseException) -> bool:
+    """Whether a requests/urllib3 error (at any depth) is a ``DestinationRefused``."""
+    seen: set[int] = set()
+    stack: list[Any] = [error]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if getattr(item, "refused", False) is True or isinstance(item, DestinationRefused):
+            return True
+        stack.extend([getattr(item, "reason", None), item.__cause__, item.__context__])
+        stack.extend(a for a in getattr(item, "args", ()) if isinstance(a, BaseException))
+    return False
+
+
+def read_bounded(response: requests.Response, limit: int = MAX_BODY) -> bytes:
+    """At most ``limit`` bytes of a streamed answer (decoded); the rest is never read."""
+    raw = response.raw
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = raw.read(min(8192, limit - size), decode_content=True)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
