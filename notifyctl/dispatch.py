@@ -16,20 +16,20 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from sqlalchemy import Row
+from sqlalchemy import Connection, Row
 
 from . import queries
 from .channels import CHANNELS, channel_module, shown_recipient
 from .channels.base import Channel, ChannelContext, Delivery, Message, SendResult
 from .config import Settings, redact
-from .errors import ConfigError, ExitCode, NotFound
-from .models import Status
+from .errors import ConfigError, DatabaseError, ExitCode, NotFound
+from .models import Reason, Status
 from .runs import BACKOFF_CAP, DispatchOptions, RunReport
 
 __all__ = ["DispatchOptions", "Dispatcher", "RunReport", "decide", "decide_retry"]
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("notifyctl.dispatch")
 
 JITTER = 0.2
+INTERRUPTED = 130  # what a shell reports for Ctrl-C
+T = TypeVar("T")
 
 
 # --- pure decisions -------------------------------------------------------------------
@@ -58,12 +60,17 @@ def jittered(seconds: float, rng: random.Random) -> float:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one attempt does to its reminder; built only by the constructors below."""
+    """What one attempt does to its reminder; built only by the constructors below.
+
+    Every path a claim can take ends in exactly one of these, applied by one
+    fenced writer (``Dispatcher._record``): River's "set state if running".
+    """
 
     status: Status
     action: str  # the attempt's outcome label (history, logs, counters)
     due_at: datetime | None = None
     error: str | None = None
+    reason: Reason | None = None
     give_back_attempt: bool = False
     moved_to: str | None = None
 
@@ -91,12 +98,17 @@ class Outcome:
         )
 
     @classmethod
-    def failed(cls, error: str | None) -> Outcome:
-        return cls(Status.FAILED, "failed", error=error)
+    def released(cls, due_at: datetime | None = None, action: str = "released") -> Outcome:
+        """Given back untouched (not sent, or sent with credentials the provider refused)."""
+        return cls(Status.PENDING, action, due_at=due_at, give_back_attempt=True)
 
     @classmethod
-    def expired(cls, error: str) -> Outcome:
-        return cls(Status.EXPIRED, "expired", error=error)
+    def failed(cls, error: str | None, reason: Reason = Reason.PERMANENT) -> Outcome:
+        return cls(Status.FAILED, "failed", error=error, reason=reason)
+
+    @classmethod
+    def expired(cls, error: str, reason: Reason = Reason.TOO_LATE) -> Outcome:
+        return cls(Status.EXPIRED, "expired", error=error, reason=reason)
 
 
 def decide_retry(
@@ -109,7 +121,7 @@ def decide_retry(
 ) -> Outcome:
     """After a passing failure: retry later, or fail when out of attempts, or expire."""
     if attempts >= options.max_attempts:
-        return Outcome.failed(f"gave up after {attempts} attempts: {error}")
+        return Outcome.failed(f"gave up after {attempts} attempts: {error}", Reason.GAVE_UP)
     at = now + timedelta(seconds=jittered(backoff_seconds(attempts, options.backoff_base), rng))
     if at >= not_after:
         return Outcome.expired(f"retry would come too late: {error}")
@@ -124,7 +136,7 @@ def decide(
     options: DispatchOptions,
     rng: random.Random,
 ) -> Outcome:
-    """SendResult → Outcome (SPEC §5 Outcomes). BAD_CREDENTIALS is handled by the run."""
+    """SendResult → Outcome (SPEC §5 Outcomes), for every delivery class."""
     if result.delivery is Delivery.SENT:
         return Outcome.sent()
     if result.delivery is Delivery.RETRY_AFTER:
@@ -136,6 +148,8 @@ def decide(
         return Outcome.chat_moved(result.moved_to, now, result.error)
     if result.delivery is Delivery.RETRY:
         return decide_retry(attempts, now, not_after, options, rng, result.error)
+    if result.delivery is Delivery.BAD_CREDENTIALS:
+        return Outcome.released(action="bad_credentials")
     return Outcome.failed(result.error)
 
 
@@ -154,16 +168,31 @@ class Claim:
     attempts: int
     not_after: datetime
     send_by: datetime  # last moment to start sending: well inside the lease
+    lease_expires: datetime  # the last moment this run may record anything for it
 
 
-@dataclass
-class Sent:
+@dataclass(frozen=True)
+class Attempted:
+    """A send that was made: the provider's answer decides the outcome."""
+
     claim: Claim
-    result: SendResult | None  # None: not sent (the run stopped first)
+    result: SendResult
     started: datetime
     finished: datetime
-    outcome: Outcome | None = None  # decided without sending (template error, too late)
-    due_again: datetime | None = None  # not sent, given back due then (its turn came late)
+
+
+@dataclass(frozen=True)
+class NotSent:
+    """A claim decided without a request: released, expired, failed to render …"""
+
+    claim: Claim
+    outcome: Outcome
+
+
+Returned = Attempted | NotSent
+
+#: a booking snapshot older than this is read again before its text is rendered
+FRESH_SECONDS = 1.0
 
 
 class Dispatcher:
@@ -188,8 +217,8 @@ class Dispatcher:
         self.monotonic = monotonic
         self.context = ChannelContext(settings=settings, stdout=stdout, http_session=http_session)
         self._channels: dict[str, Channel] = {}
-        self._stop = threading.Event()
-        self._stop_error: str | None = None
+        self._disabled: dict[str, str] = {}  # channel → why this run cannot send on it
+        self._lock = threading.Lock()
         self._pacer: Any = None
         self.templates = load_templates(settings)
 
@@ -206,8 +235,20 @@ class Dispatcher:
             due_channels = queries.due_channels(conn, now)
             report.run_id = queries.start_run(conn, socket.gethostname(), os.getpid(), now)
         for name in due_channels:
-            if name in CHANNELS:
-                channel_module(name).check_config(self.settings)
+            self._check_channel(name)
+
+    def _check_channel(self, name: str) -> None:
+        """A channel whose configuration is missing stops only its own reminders."""
+        for channel, why in config_problems(self.settings, [name]).items():
+            self._disable(channel, why)
+
+    def _disable(self, channel: str, why: str) -> None:
+        with self._lock:
+            self._disabled.setdefault(channel, why)
+
+    def _is_disabled(self, channel: str) -> bool:
+        with self._lock:
+            return channel in self._disabled
 
     # -- the run -----------------------------------------------------------------------
 
@@ -217,8 +258,15 @@ class Dispatcher:
         try:
             self._maintain(report)
             self._loop(report, started)
+            if self._disabled:
+                report.exit_code = ExitCode.CONFIG
+                whys = "; ".join(why for _, why in sorted(self._disabled.items()))
+                report.error = f"{whys} (given back untouched; other channels were delivered)"
         except ConfigError as e:
             report.exit_code, report.error = e.exit_code, e.message
+        except KeyboardInterrupt:
+            report.exit_code = INTERRUPTED
+            raise
         except BaseException as e:  # recorded as a failed run, then handled by the caller
             report.exit_code = getattr(e, "exit_code", ExitCode.INTERNAL)
             raise
@@ -243,7 +291,9 @@ class Dispatcher:
     def _loop(self, report: RunReport, started: float) -> None:
         from .pacing import Pacer
 
-        self._pacer = Pacer(self.store.engine, self.options.rate_limit, self.clock, self.sleep)
+        self._pacer = Pacer(
+            self.store.engine, self.options.rate_limit, self.clock, self.sleep, self._patiently
+        )
         lease = timedelta(seconds=self.options.lease_seconds)
         # a send must start well before the lease runs out, or a rescuer may resend it
         lease_s = self.options.lease_seconds
@@ -253,197 +303,186 @@ class Dispatcher:
                 now = self.clock()
                 token = str(uuid.uuid4())
                 with self.store.transaction() as conn:
-                    rows = queries.claim_due(conn, now, self.options.batch_size, token, lease)
+                    rows = queries.claim_due(
+                        conn, now, self.options.batch_size, token, lease, self._disabled_now()
+                    )
                     bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
                 if not rows:
                     return
                 report.claimed += len(rows)
-                self._send_batch(pool, rows, token, bookings, report, now + lease - margin)
-                if self._stop.is_set():
-                    raise ConfigError(self._stop_error or "bad credentials")
+                claims = [
+                    Claim(
+                        row.id,
+                        token,
+                        row.channel,
+                        row.recipient,
+                        row.kind,
+                        row.attempts,
+                        row.not_after,
+                        now + lease - margin,
+                        now + lease,
+                    )
+                    for row in rows
+                ]
+                snapshot = (self.monotonic(), bookings)
+                self._send_batch(pool, claims, [r.booking_id for r in rows], snapshot, report)
+
+    def _disabled_now(self) -> list[str]:
+        with self._lock:
+            return list(self._disabled)
 
     def _send_batch(
         self,
         pool: ThreadPoolExecutor,
-        rows: list[Row[Any]],
-        token: str,
-        bookings: dict[int, Row[Any]],
+        claims: list[Claim],
+        booking_ids: list[int],
+        snapshot: tuple[float, dict[int, Row[Any]]],
         report: RunReport,
-        send_by: datetime,
     ) -> None:
-        ready: list[tuple[Claim, Channel, Message]] = []
-        unsent: list[Sent] = []  # decided without sending (template error, unknown channel)
-        for row in rows:
-            claim = Claim(
-                row.id,
-                token,
-                row.channel,
-                row.recipient,
-                row.kind,
-                row.attempts,
-                row.not_after,
-                send_by,
-            )
-            prepared = self._prepare(claim, bookings[row.booking_id])
-            if isinstance(prepared, Sent):
+        taken_at, bookings = snapshot
+        ready: list[tuple[Claim, Channel, Row[Any]]] = []
+        unsent: list[Returned] = []
+        for claim, booking_id in zip(claims, booking_ids, strict=True):
+            prepared = self._prepare(claim)
+            if isinstance(prepared, NotSent):
                 unsent.append(prepared)
             else:
-                ready.append((claim, *prepared))
+                ready.append((claim, prepared, bookings[booking_id]))
         # announce the whole batch first, so shared send slots are reserved in one block
         for key, count in Counter(c.pacing_key for _, c, _ in ready).items():
             self._pacer.expect(key, count)
-        futures = {pool.submit(self._send, claim, c, message) for claim, c, message in ready}
+        futures = {
+            pool.submit(self._send, claim, channel, booking, taken_at)
+            for claim, channel, booking in ready
+        }
         if unsent:
             self._record(unsent, report)
         for group in _completed(futures):
             self._record(group, report)
 
-    def _prepare(self, claim: Claim, booking: Row[Any]) -> tuple[Channel, Message] | Sent:
-        """The channel and rendered message, or an outcome decided without sending."""
-        now = self.clock()
+    def _prepare(self, claim: Claim) -> Channel | NotSent:
+        """The claim's channel, or what becomes of it when there is none to send on."""
         if claim.channel not in CHANNELS:
-            return Sent(
+            return NotSent(
                 claim,
-                None,
-                now,
-                now,
                 Outcome.failed(
-                    f"unknown channel {claim.channel!r} (written by a newer notifyctl?)"
+                    f"unknown channel {claim.channel!r} (written by a newer notifyctl?)",
+                    Reason.UNKNOWN_CHANNEL,
                 ),
             )
+        if self._is_disabled(claim.channel):
+            return NotSent(claim, Outcome.released())
         try:
-            channel = self._channel(claim.channel)
+            return self._channel(claim.channel)
         except ConfigError as e:
-            self._stop_run(e.message)
-            return Sent(claim, None, now, now)
+            self._disable(claim.channel, e.message)
+            return NotSent(claim, Outcome.released())
+
+    def _channel(self, name: str) -> Channel:
+        with self._lock:
+            if name not in self._channels:
+                self._channels[name] = channel_module(name).open_channel(self.context)
+            return self._channels[name]
+
+    def _send(self, claim: Claim, channel: Channel, booking: Row[Any], taken_at: float) -> Returned:
+        """Wait for the claim's turn, render its text as of that moment, send it."""
+        try:
+            late_turn = self._pacer.wait_turn(channel.pacing_key, claim.recipient, claim.send_by)
+        except DatabaseError as e:  # the pacing row stayed locked: give it back, unsent
+            log.warning("reminder %s: no send slot (%s); given back", claim.id, e.message)
+            return NotSent(claim, Outcome.released())
+        if late_turn is not None:  # its turn comes too late for this lease: give it back
+            return NotSent(claim, Outcome.released(due_at=late_turn))
+        if self._is_disabled(claim.channel):
+            return NotSent(claim, Outcome.released())
+        now = self.clock()
+        if now >= claim.not_after:
+            return NotSent(claim, Outcome.expired("not sent before it stopped being useful"))
+        if self.monotonic() - taken_at > FRESH_SECONDS:
+            fresh = self._held_booking(claim)
+            if fresh is None:  # cancelled or rescheduled meanwhile: its new owner decides
+                return NotSent(claim, Outcome.released())
+            booking = fresh
         try:
             message = build_message(claim, booking, channel, now, self.templates)
         except Exception as e:  # any template failure fails this reminder, not the run
-            return Sent(
-                claim,
-                None,
-                now,
-                now,
-                Outcome.failed(redact(f"template error: {type(e).__name__}: {e}")),
-            )
-        return channel, message
-
-    def _channel(self, name: str) -> Channel:
-        if name not in self._channels:
-            self._channels[name] = channel_module(name).open_channel(self.context)
-        return self._channels[name]
-
-    def _send(self, claim: Claim, channel: Channel, message: Message) -> Sent:
-        if self._stop.is_set():
-            now = self.clock()
-            return Sent(claim, None, now, now)
-        late_turn = self._pacer.wait_turn(channel.pacing_key, claim.recipient, claim.send_by)
-        if late_turn is not None:  # its turn comes too late for this lease: give it back
-            now = self.clock()
-            return Sent(claim, None, now, now, due_again=late_turn)
+            error = redact(f"template error: {type(e).__name__}: {e}")
+            return NotSent(claim, Outcome.failed(error, Reason.TEMPLATE))
         started = self.clock()
-        if self._stop.is_set():
-            return Sent(claim, None, started, started)
-        if started >= claim.not_after:
-            return Sent(
-                claim,
-                None,
-                started,
-                started,
-                Outcome.expired("not sent before it stopped being useful"),
-            )
         try:
             result = channel.send(message)
         except Exception as e:  # a channel bug must not lose the claim
             result = SendResult.retry(redact(f"{type(e).__name__}: {e}"))
         finished = self.clock()
         if result.delivery is Delivery.RETRY_AFTER:
-            self._pacer.pause(channel.pacing_key, result.retry_after or 1.0)
+            try:
+                self._pacer.pause(channel.pacing_key, result.retry_after or 1.0)
+            except DatabaseError as e:
+                log.warning("could not share a rate-limit pause: %s", e.message)
         if result.delivery is Delivery.BAD_CREDENTIALS:
-            self._stop_run(f"{claim.channel}: credentials rejected ({result.error})")
-        return Sent(claim, result, started, finished)
+            self._disable(claim.channel, f"{claim.channel}: credentials rejected ({result.error})")
+        return Attempted(claim, result, started, finished)
 
-    def _stop_run(self, error: str) -> None:
-        if not self._stop.is_set():
-            self._stop_error = error
-            self._stop.set()
+    def _held_booking(self, claim: Claim) -> Row[Any] | None:
+        def read() -> Row[Any] | None:
+            with self.store.reader() as conn:
+                return queries.held_booking(conn, claim.id, claim.lease_token)
+
+        try:
+            return self._patiently(read, claim.send_by)
+        except DatabaseError:
+            return None
 
     # -- recording ---------------------------------------------------------------------
 
-    def _record(self, group: list[Sent], report: RunReport) -> None:
-        """Record the outcomes that have returned, together: one short transaction.
+    def _patiently(self, work: Callable[[], T], deadline: datetime) -> T:
+        """Run ``work`` again while the database is busy or away, until ``deadline``.
 
-        Every write is still fenced by its own lease token (``queries.record_outcomes``);
-        grouping saves a BEGIN/COMMIT, a disk flush and a statement per reminder.
+        SQLite's busy timeout is per statement and PostgreSQL may restart under
+        a run: a write this run depends on (an outcome after a send, a pacing
+        reservation) keeps trying for as long as the lease allows, because
+        giving up on an outcome means the message is sent again later.
+        """
+        delay = 0.05
+        while True:
+            try:
+                return work()
+            except DatabaseError:
+                if self.clock() + timedelta(seconds=delay) >= deadline:
+                    raise
+                self.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _record(self, group: list[Returned], report: RunReport) -> None:
+        """Apply the outcomes that have returned, together: one fenced transaction.
+
+        The one writer of a claim's fate. Every write is fenced by its own lease
+        token (``queries.record_outcomes``), so a run that lost its lease (to a
+        rescuer, a reschedule or a cancel) writes nothing over the newer owner;
+        the attempts it made still go to the history.
         """
         now = self.clock()
+        decided: list[tuple[Claim, Outcome, SendResult | None]] = []
         attempts: list[dict[str, Any]] = []
-        decided: list[tuple[Claim, Outcome]] = []
-        writes: list[queries.FencedWrite] = []
-        released: list[int] = []
-        moved: list[tuple[Claim, Outcome]] = []
-        for sent in group:
-            claim, result = sent.claim, sent.result
-            if (result is None and sent.outcome is None) or (
-                result is not None and result.delivery is Delivery.BAD_CREDENTIALS
-            ):
-                # never sent, or sent with credentials the provider refused: give it back
-                if result is not None:
-                    attempts.append(_attempt_row(sent, report.run_id, "bad_credentials"))
-                give_back = {"status": Status.PENDING, "updated_at": now}
-                if sent.due_again is not None:
-                    give_back["due_at"] = sent.due_again
-                writes.append(queries.FencedWrite(claim.id, claim.lease_token, give_back, True))
-                released.append(claim.id)
+        for item in group:
+            if isinstance(item, NotSent):
+                decided.append((item.claim, item.outcome, None))
                 continue
-            if sent.outcome is not None:
-                outcome = sent.outcome
-            else:
-                assert result is not None  # a Sent without outcome was sent
-                outcome = decide(
-                    result, claim.attempts, now, claim.not_after, self.options, self.rng
-                )
-            if result is not None:
-                attempts.append(_attempt_row(sent, report.run_id, outcome.action))
-            if outcome.moved_to is not None:
-                moved.append((claim, outcome))
-                continue
-            writes.append(
-                queries.FencedWrite(
-                    claim.id,
-                    claim.lease_token,
-                    _outcome_values(outcome, result, now),
-                    outcome.give_back_attempt,
-                )
-            )
-            decided.append((claim, outcome))
-        with self.store.transaction() as conn:
-            won = queries.record_outcomes(conn, writes)
-            won.update(
-                claim.id for claim, outcome in moved if self._move(conn, claim, outcome, now)
-            )
-            queries.insert_attempts(conn, attempts)
-        report.released += sum(1 for notification_id in released if notification_id in won)
-        for claim, outcome in [*decided, *moved]:
-            self._report(claim, outcome, claim.id in won, report)
+            claim, result = item.claim, item.result
+            outcome = decide(result, claim.attempts, now, claim.not_after, self.options, self.rng)
+            decided.append((claim, outcome, result))
+            attempts.append(_attempt_row(item, report.run_id, outcome.action))
+        deadline = min(claim.lease_expires for claim, _, _ in decided)
 
-    @staticmethod
-    def _move(conn: Any, claim: Claim, outcome: Outcome, now: datetime) -> bool:
-        """The chat moved (Telegram group → supergroup): follow it, with its other reminders."""
-        assert outcome.moved_to is not None
-        values = _outcome_values(outcome, None, now)
-        if queries.recipient_taken(conn, claim.id, outcome.moved_to):
-            values.update(
-                status=Status.CANCELLED, last_error=f"duplicate: chat moved to {outcome.moved_to}"
-            )
-        else:
-            values["recipient"] = outcome.moved_to
-        won = queries.record_outcome(
-            conn, claim.id, claim.lease_token, values, give_back_attempt=True
-        )
-        if won:
-            queries.retarget_recipient(conn, claim.channel, claim.recipient, outcome.moved_to, now)
-        return won
+        def write() -> set[int]:
+            with self.store.transaction() as conn:
+                won = _apply_outcomes(conn, decided, now)
+                queries.insert_attempts(conn, attempts)
+            return won
+
+        won = self._patiently(write, deadline)
+        for claim, outcome, _ in decided:
+            self._report(claim, outcome, claim.id in won, report)
 
     @staticmethod
     def _report(claim: Claim, outcome: Outcome, won: bool, report: RunReport) -> None:
@@ -457,6 +496,9 @@ class Dispatcher:
                 extra={"action": "lease_lost"},
             )
             return
+        if outcome.action in ("released", "bad_credentials"):
+            report.released += 1
+            return
         report.count(outcome.action, claim.channel)
         log.info(
             "reminder %s %s:%s %s%s",
@@ -469,13 +511,51 @@ class Dispatcher:
         )
 
 
+def _apply_outcomes(
+    conn: Connection, decided: list[tuple[Claim, Outcome, SendResult | None]], now: datetime
+) -> set[int]:
+    """Write each outcome where its lease still holds; the ids that won."""
+    writes = [
+        queries.FencedWrite(
+            claim.id,
+            claim.lease_token,
+            _outcome_values(outcome, result, now),
+            outcome.give_back_attempt,
+        )
+        for claim, outcome, result in decided
+        if outcome.moved_to is None
+    ]
+    won = queries.record_outcomes(conn, writes)
+    for claim, outcome, _ in decided:
+        if outcome.moved_to is not None and _move(conn, claim, outcome, now):
+            won.add(claim.id)
+    return won
+
+
+def _move(conn: Connection, claim: Claim, outcome: Outcome, now: datetime) -> bool:
+    """The chat moved (Telegram group → supergroup): follow it, with its other reminders."""
+    assert outcome.moved_to is not None
+    values = _outcome_values(outcome, None, now)
+    if queries.recipient_taken(conn, claim.id, outcome.moved_to):
+        values.update(
+            status=Status.CANCELLED,
+            reason=Reason.DUPLICATE,
+            last_error=f"duplicate: chat moved to {outcome.moved_to}",
+        )
+    else:
+        values["recipient"] = outcome.moved_to
+    won = queries.record_outcome(conn, claim.id, claim.lease_token, values, give_back_attempt=True)
+    if won:
+        queries.retarget_recipient(conn, claim.channel, claim.recipient, outcome.moved_to, now)
+        queries.remember_chat_move(conn, claim.channel, claim.recipient, outcome.moved_to, now)
+    return won
+
+
 def _outcome_values(outcome: Outcome, result: SendResult | None, now: datetime) -> dict[str, Any]:
-    """The columns one outcome writes."""
-    values: dict[str, Any] = {
-        "status": outcome.status,
-        "updated_at": now,
-        "last_error": outcome.error,
-    }
+    """The columns one outcome writes (a release touches nothing but its lease)."""
+    values: dict[str, Any] = {"status": outcome.status, "updated_at": now}
+    if outcome.action not in ("released", "bad_credentials"):
+        values.update(last_error=outcome.error, reason=outcome.reason)
     if outcome.status is Status.SENT:
         values.update(
             sent_at=now,
@@ -487,7 +567,7 @@ def _outcome_values(outcome: Outcome, result: SendResult | None, now: datetime) 
     return values
 
 
-def _completed(futures: set[Future[Sent]]) -> Iterator[list[Sent]]:
+def _completed(futures: set[Future[Returned]]) -> Iterator[list[Returned]]:
     """The sends that have returned, in groups: whatever finished since the last look."""
     pending = set(futures)
     while pending:
@@ -495,10 +575,9 @@ def _completed(futures: set[Future[Sent]]) -> Iterator[list[Sent]]:
         yield [future.result() for future in done]
 
 
-def _attempt_row(sent: Sent, run_id: int | None, outcome: str) -> dict[str, Any]:
+def _attempt_row(sent: Attempted, run_id: int | None, outcome: str) -> dict[str, Any]:
     """The delivery_attempts row of one send (its error already redacted once more)."""
     result = sent.result
-    assert result is not None
     return {
         "notification_id": sent.claim.id,
         "run_id": run_id,
@@ -602,6 +681,19 @@ def build_message(
         html=rendered.html,
         payload=payload,
     )
+
+
+def config_problems(settings: Settings, channels: Iterable[str]) -> dict[str, str]:
+    """Channel → why it cannot send (configuration missing or invalid), for those given."""
+    problems: dict[str, str] = {}
+    for name in sorted(set(channels)):
+        if name not in CHANNELS:
+            continue
+        try:
+            channel_module(name).check_config(settings)
+        except ConfigError as e:
+            problems[name] = e.message
+    return problems
 
 
 # --- dry run --------------------------------------------------------------------------

@@ -48,6 +48,25 @@ FINAL_STATUSES = (Status.SENT, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 UNSENT_STATUSES = (Status.PENDING, Status.FAILED, Status.EXPIRED, Status.CANCELLED)
 
 
+class Reason(enum.StrEnum):
+    """Why a reminder ended without being sent (or was given back): values, not prose.
+
+    ``last_error`` keeps the human-readable detail; code decides on these.
+    """
+
+    REMOVED = "removed"  # its recipient or kind was dropped from the booking by create
+    BOOKING_CANCELLED = "booking_cancelled"
+    CANCELLED = "cancelled"  # this one reminder, by id
+    USELESS = "useless"  # rescheduled to a time when it is no longer useful
+    SUPERSEDED = "superseded"  # a later reminder for the same booking and recipient
+    TOO_LATE = "too_late"  # not sent before not_after
+    GAVE_UP = "gave_up"  # out of attempts
+    PERMANENT = "permanent"  # the provider refused it for good
+    TEMPLATE = "template"  # its text could not be rendered
+    UNKNOWN_CHANNEL = "unknown_channel"
+    DUPLICATE = "duplicate"  # its chat moved onto a chat that already had this reminder
+
+
 class BookingStatus(enum.StrEnum):
     ACTIVE = "active"
     CANCELLED = "cancelled"
@@ -111,6 +130,7 @@ class Notification(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -151,6 +171,17 @@ class Notification(Base):
         # stats over a window of finished reminders
         Index("ix_notifications_updated_at", "updated_at"),
     )
+
+
+class ChatMove(Base):
+    """A chat that moved (Telegram group → supergroup): later creates map old to new."""
+
+    __tablename__ = "chat_moves"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    old_recipient: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    new_recipient: Mapped[str] = mapped_column(String(2048))
+    moved_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class DeliveryAttempt(Base):

@@ -13,16 +13,25 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 
 from . import queries
+from .db import translate_errors
 from .times import Clock
 
 CHAT_INTERVAL = timedelta(seconds=1)
 GROUP_WINDOW = timedelta(minutes=1)
 GROUP_LIMIT = 20
 Sleep = Callable[[float], None]
+#: runs a database step again while the store is busy, until a deadline (Dispatcher._patiently)
+Patiently = Callable[[Callable[[], Any], datetime], Any]
+PAUSE_PATIENCE = timedelta(seconds=10)
+
+
+def _at_once(work: Callable[[], Any], _deadline: datetime) -> Any:
+    return work()
 
 
 class ChatSpacing:
@@ -52,8 +61,11 @@ class ChatSpacing:
 class SharedSlots:
     """Send slots of one bot, reserved in blocks from the store's pacing row."""
 
-    def __init__(self, engine: Engine, key: str, rate: float, clock: Clock) -> None:
+    def __init__(
+        self, engine: Engine, key: str, rate: float, clock: Clock, patiently: Patiently = _at_once
+    ) -> None:
         self._engine = engine
+        self._patiently = patiently
         self._key = key
         self._interval = timedelta(seconds=1 / rate)
         self._block = max(1, int(rate))
@@ -61,34 +73,50 @@ class SharedSlots:
         self._lock = threading.Lock()
         self._slots: deque[datetime] = deque()
 
-    def take(self, wanted: int = 1) -> datetime:
-        """The time of this run's next free slot (reserving a block when out)."""
+    def take(self, deadline: datetime, wanted: int = 1) -> datetime:
+        """The time of this run's next free slot (reserving a block when out).
+
+        A busy store is waited for until ``deadline``; then ``DatabaseError``.
+        """
         with self._lock:
             if not self._slots:
                 count = max(1, min(self._block, wanted))
-                with self._engine.begin() as conn:
-                    queries.ensure_pacing_row(conn, self._key, self._clock())
-                    first = queries.reserve_slots(
-                        conn, self._key, count, self._interval, self._clock()
-                    )
+                first = self._patiently(lambda: self._reserve(count), deadline)
                 self._slots.extend(first + self._interval * i for i in range(count))
             return self._slots.popleft()
+
+    def _reserve(self, count: int) -> datetime:
+        with translate_errors(str(self._engine.url)), self._engine.begin() as conn:
+            queries.ensure_pacing_row(conn, self._key, self._clock())
+            return queries.reserve_slots(conn, self._key, count, self._interval, self._clock())
 
     def pause(self, seconds: float) -> None:
         """The provider said 429: no run sends for this bot before now + seconds."""
         until = self._clock() + timedelta(seconds=seconds)
-        with self._lock:
-            self._slots.clear()
-            with self._engine.begin() as conn:
+
+        def write() -> None:
+            with translate_errors(str(self._engine.url)), self._engine.begin() as conn:
                 queries.ensure_pacing_row(conn, self._key, self._clock())
                 queries.pause_sender(conn, self._key, until, self._clock())
+
+        with self._lock:
+            self._slots.clear()
+            self._patiently(write, self._clock() + PAUSE_PATIENCE)
 
 
 class Pacer:
     """Decides when each message may go, and waits for it."""
 
-    def __init__(self, engine: Engine, rate: float, clock: Clock, sleep: Sleep) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        rate: float,
+        clock: Clock,
+        sleep: Sleep,
+        patiently: Patiently = _at_once,
+    ) -> None:
         self._engine = engine
+        self._patiently = patiently
         self._rate = rate
         self._clock = clock
         self._sleep = sleep
@@ -100,7 +128,9 @@ class Pacer:
     def _slots(self, key: str) -> SharedSlots:
         with self._lock:
             if key not in self._shared:
-                self._shared[key] = SharedSlots(self._engine, key, self._rate, self._clock)
+                self._shared[key] = SharedSlots(
+                    self._engine, key, self._rate, self._clock, self._patiently
+                )
             return self._shared[key]
 
     def expect(self, key: str | None, count: int) -> None:
@@ -126,7 +156,7 @@ class Pacer:
         with self._lock:
             wanted = max(1, self._expected.get(key, 1))
             self._expected[key] = wanted - 1
-        slot = self._slots(key).take(wanted)
+        slot = self._slots(key).take(deadline, wanted)
         if slot > deadline:
             return slot
         self._sleep_until(slot)

@@ -40,10 +40,12 @@ from sqlalchemy.orm import aliased
 from .models import (
     FINAL_STATUSES,
     Booking,
+    ChatMove,
     DeliveryAttempt,
     DispatchRun,
     Notification,
     Pacing,
+    Reason,
     Status,
 )
 
@@ -60,20 +62,35 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
 # --- bookings: create / cancel -------------------------------------------------------
 
 
-def load_bookings(conn: Connection, external_ids: Sequence[str]) -> dict[str, Row[Any]]:
-    """Existing bookings by the caller's id."""
+def _locked(stmt: Any, conn: Connection, lock: bool) -> Any:
+    """``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already holds the write lock."""
+    return stmt.with_for_update() if lock and conn.dialect.name == "postgresql" else stmt
+
+
+def load_bookings(
+    conn: Connection, external_ids: Sequence[str], *, lock: bool = False
+) -> dict[str, Row[Any]]:
+    """Existing bookings by the caller's id (``lock``: held until the transaction ends)."""
     found: dict[str, Row[Any]] = {}
     for part in chunks(external_ids):
-        for row in conn.execute(select(B).where(B.external_id.in_(part))):
+        stmt = _locked(select(B).where(B.external_id.in_(part)).order_by(B.id), conn, lock)
+        for row in conn.execute(stmt):
             found[row.external_id] = row
     return found
 
 
-def load_notifications(conn: Connection, booking_ids: Sequence[int]) -> dict[int, list[Row[Any]]]:
-    """Every reminder of the given bookings, grouped by booking."""
+def load_notifications(
+    conn: Connection, booking_ids: Sequence[int], *, lock: bool = False
+) -> dict[int, list[Row[Any]]]:
+    """Every reminder of the given bookings, grouped by booking.
+
+    With ``lock`` no dispatcher can claim them (its ``SKIP LOCKED`` passes them
+    over) until the caller's transaction ends: what create read is what it writes.
+    """
     grouped: dict[int, list[Row[Any]]] = {b: [] for b in booking_ids}
     for part in chunks(booking_ids):
-        for row in conn.execute(select(N).where(N.booking_id.in_(part)).order_by(N.id)):
+        stmt = _locked(select(N).where(N.booking_id.in_(part)).order_by(N.id), conn, lock)
+        for row in conn.execute(stmt):
             grouped[row.booking_id].append(row)
     return grouped
 
@@ -150,6 +167,7 @@ REARM_FIELDS = (
     "status",
     "attempts",
     "last_error",
+    "reason",
     "sent_at",
     "provider_message_id",
     "updated_at",
@@ -157,28 +175,30 @@ REARM_FIELDS = (
 
 
 def rearm_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Re-time or re-arm reminders that no dispatch holds (rows carry ``n_id``)."""
+    """Pending again at new times (rows carry ``n_id``), whoever holds them.
+
+    A lease is revoked: the dispatch sending one right now loses its fenced
+    write (its attempt still goes to the history) and the newer schedule wins.
+    The rows were read under lock by the caller, so each update matches.
+    """
     if not rows:
         return
     values: dict[str, Any] = {f: bindparam(f) for f in REARM_FIELDS}
     stmt = (
         update(N)
-        .where(N.id == bindparam("n_id"), N.status != Status.SENDING)
+        .where(N.id == bindparam("n_id"))
         .values({**values, "lease_token": None, "lease_expires_at": None})
     )
     conn.execute(stmt, list(rows))
 
 
-def retime_sending(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """New times for reminders a dispatch holds right now; its outcome still applies."""
-    if not rows:
-        return
-    values: dict[str, Any] = {f: bindparam(f) for f in ("scheduled_at", "not_after", "updated_at")}
-    conn.execute(update(N).where(N.id == bindparam("n_id")).values(values), list(rows))
-
-
 def finish_unsent(
-    conn: Connection, ids: Sequence[int], status: Status, reason: str, now: datetime
+    conn: Connection,
+    ids: Sequence[int],
+    status: Status,
+    reason: Reason,
+    detail: str,
+    now: datetime,
 ) -> int:
     """Pending or sending reminders → ``status``; a dispatch holding one then records nothing."""
     count = 0
@@ -188,7 +208,8 @@ def finish_unsent(
             .where(N.id.in_(part), N.status.in_([Status.PENDING, Status.SENDING]))
             .values(
                 status=status,
-                last_error=reason,
+                reason=reason,
+                last_error=detail,
                 lease_token=None,
                 lease_expires_at=None,
                 updated_at=now,
@@ -212,6 +233,7 @@ def cancel_booking_rows(conn: Connection, booking_ids: Sequence[int], now: datet
             .where(N.booking_id.in_(part), N.status.in_([Status.PENDING, Status.SENDING]))
             .values(
                 status=Status.CANCELLED,
+                reason=Reason.BOOKING_CANCELLED,
                 last_error="booking cancelled",
                 lease_token=None,
                 lease_expires_at=None,
@@ -314,6 +336,7 @@ def expire_useless(conn: Connection, now: datetime) -> int:
         .where(N.status == Status.PENDING, N.not_after <= now)
         .values(
             status=Status.EXPIRED,
+            reason=Reason.TOO_LATE,
             last_error="expired: not sent before it stopped being useful",
             updated_at=now,
         )
@@ -343,6 +366,7 @@ def expire_superseded(conn: Connection, now: datetime) -> int:
         .where(N.status == Status.PENDING, N.due_at <= now, _superseded(now))
         .values(
             status=Status.EXPIRED,
+            reason=Reason.SUPERSEDED,
             last_error="superseded by a later reminder for the same booking",
             updated_at=now,
         )
@@ -367,7 +391,12 @@ def rescue_expired_leases(conn: Connection, now: datetime, max_attempts: int) ->
     failed = conn.scalars(
         update(N)
         .where(lost, N.attempts >= max_attempts)
-        .values(status=Status.FAILED, last_error="lease expired on the last attempt", **cleared)
+        .values(
+            status=Status.FAILED,
+            reason=Reason.GAVE_UP,
+            last_error="lease expired on the last attempt",
+            **cleared,
+        )
         .returning(N.id)
     ).all()
     requeued = conn.scalars(
@@ -414,13 +443,19 @@ CLAIM_COLUMNS = (
 
 
 def claim_due(
-    conn: Connection, now: datetime, limit: int, lease_token: str, lease: timedelta
+    conn: Connection,
+    now: datetime,
+    limit: int,
+    lease_token: str,
+    lease: timedelta,
+    skip_channels: Iterable[str] = (),
 ) -> list[Row[Any]]:
     """Take up to ``limit`` due reminders, oldest ``due_at`` first, under a fresh lease.
 
     PostgreSQL skips rows another dispatcher has locked; SQLite relies on the
     caller's ``BEGIN IMMEDIATE``. The attempt is counted here, so a run killed
-    mid-send still uses one up.
+    mid-send still uses one up. ``skip_channels`` are left alone (this run
+    cannot send on them: configuration missing or rejected).
     """
     due = (
         select(N.id)
@@ -428,6 +463,9 @@ def claim_due(
         .order_by(N.due_at, N.id)
         .limit(limit)
     )
+    skipped = sorted(skip_channels)
+    if skipped:
+        due = due.where(N.channel.not_in(skipped))
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     rows: Sequence[Any] = conn.execute(
@@ -576,6 +614,46 @@ def record_outcomes(conn: Connection, writes: Sequence[FencedWrite]) -> set[int]
     return held
 
 
+def held_booking(conn: Connection, notification_id: int, lease_token: str) -> Row[Any] | None:
+    """The booking of a reminder this run still holds, as it is now; None when lost."""
+    return conn.execute(
+        select(B)
+        .join(N, N.booking_id == B.id)
+        .where(N.id == notification_id, N.status == Status.SENDING, N.lease_token == lease_token)
+    ).first()
+
+
+def remember_chat_move(conn: Connection, channel: str, old: str, new: str, now: datetime) -> None:
+    """Keep old → new (and re-point earlier moves into ``old``) for later creates."""
+    conn.execute(
+        update(ChatMove)
+        .where(ChatMove.channel == channel, ChatMove.new_recipient == old)
+        .values(new_recipient=new, moved_at=now)
+    )
+    conn.execute(delete(ChatMove).where(ChatMove.channel == channel, ChatMove.old_recipient == new))
+    conn.execute(delete(ChatMove).where(ChatMove.channel == channel, ChatMove.old_recipient == old))
+    conn.execute(
+        insert(ChatMove).values(channel=channel, old_recipient=old, new_recipient=new, moved_at=now)
+    )
+
+
+def chat_moves(
+    conn: Connection, recipients: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, str]]:
+    """(channel, old) → (channel, new) for the given recipients whose chat moved."""
+    wanted = sorted(set(recipients))
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for part in chunks(wanted):
+        rows = conn.execute(
+            select(ChatMove.channel, ChatMove.old_recipient, ChatMove.new_recipient).where(
+                tuple_(ChatMove.channel, ChatMove.old_recipient).in_(part)
+            )
+        )
+        for channel, old, new in rows:
+            found[(channel, old)] = (channel, new)
+    return found
+
+
 def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: datetime) -> int:
     """Move unsent reminders of a chat to its new address (Telegram chat migration)."""
     twin = aliased(N)
@@ -588,7 +666,12 @@ def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: 
     conn.execute(
         update(N)
         .where(N.channel == channel, N.recipient == old, N.status == Status.PENDING, clash)
-        .values(status=Status.CANCELLED, last_error=f"duplicate after chat moved to {new}")
+        .values(
+            status=Status.CANCELLED,
+            reason=Reason.DUPLICATE,
+            last_error=f"duplicate after chat moved to {new}",
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
     result = conn.execute(

@@ -6,11 +6,12 @@ and plain values; each use case is one transaction.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,11 +23,15 @@ from .db import Store as Store
 from .db import open_store as open_store
 from .errors import InvalidInput, NotFound
 from .kinds import Kind, parse_kinds
-from .models import BookingStatus, Status
-from .times import parse_time, parse_zone
+from .models import BookingStatus, Reason, Status
+from .times import implied_zone, parse_time, parse_zone, zone_name
 
-REMOVED = "removed from the booking"
-USELESS = "rescheduled to a time when it is no longer useful"
+#: the human-readable detail stored beside each reason value
+DETAIL = {
+    Reason.REMOVED: "removed from the booking",
+    Reason.USELESS: "rescheduled to a time when it is no longer useful",
+    Reason.CANCELLED: "cancelled",
+}
 _BOOKING_ID = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 _TITLE = re.compile(r"(?=.*\S)[^\x00-\x1f\x7f]{1,512}")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
@@ -50,6 +55,7 @@ class BookingInput:
     locale: str | None = None
     data: Mapping[str, Any] | None = None
     reactivate: bool = False
+    zone_implied: bool = False  # not given: taken from the times' UTC offset (or UTC)
 
 
 def booking_input(
@@ -59,7 +65,7 @@ def booking_input(
     ends_at: str | datetime,
     to: Sequence[str],
     title: str | None = None,
-    timezone: str = "UTC",
+    timezone: str | None = None,
     remind: Sequence[str] | None = None,
     locale: str | None = None,
     data: Mapping[str, Any] | None = None,
@@ -69,7 +75,10 @@ def booking_input(
     """Validate raw values (strings as the CLI and files give them) into a BookingInput."""
     if not _BOOKING_ID.fullmatch(booking_id or "") or booking_id != booking_id.strip():
         raise InvalidInput(f"invalid booking id {booking_id!r}: 1-128 printable characters")
-    zone = parse_zone(timezone)
+    zone = parse_zone(timezone) if timezone else implied_zone(starts_at, ends_at)
+    zone_implied = not timezone
+    if zone is None:
+        zone = parse_zone("UTC")
     starts = starts_at if isinstance(starts_at, datetime) else parse_time(starts_at, zone, now)
     ends = ends_at if isinstance(ends_at, datetime) else parse_time(ends_at, zone, now)
     if starts.tzinfo is None or ends.tzinfo is None:
@@ -90,10 +99,11 @@ def booking_input(
         recipients=recipients,
         kinds=tuple(parse_kinds(list(remind or []))),
         title=title if title is not None else booking_id,
-        timezone=zone.key,
+        timezone=zone_name(zone),
         locale=locale.replace("_", "-") if locale else None,
         data=check_data(data),
         reactivate=reactivate,
+        zone_implied=zone_implied,
     )
 
 
@@ -129,6 +139,7 @@ class BookingResult:
     rescheduled: int = 0
     cancelled: int = 0
     skipped: list[Skipped] = field(default_factory=list)
+    timezone: str | None = None  # set when the zone was not given but implied
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -138,7 +149,52 @@ class BookingResult:
             "rescheduled": self.rescheduled,
             "cancelled": self.cancelled,
             "skipped": [s.__dict__ for s in self.skipped],
+            **({"timezone": self.timezone} if self.timezone else {}),
         }
+
+
+# --- reconcile: what create does to one existing reminder ------------------------------
+
+
+class Fate(enum.Enum):
+    KEEP = "keep"  # nothing to write
+    REARM = "rearm"  # pending again at its (new) time, attempts reset; revokes a lease
+    CANCEL = "cancel"  # its recipient or kind left the booking
+    EXPIRE = "expire"  # rescheduled to a time when it is no longer useful
+
+
+Times = tuple[datetime, datetime]  # (scheduled_at, not_after)
+
+
+def reconcile(
+    status: Status,
+    reason: Reason | None,
+    current: Times,
+    wanted: Times | None,
+    *,
+    useless: bool,
+    reactivating: bool,
+    now: datetime,
+) -> Fate:
+    """The fate of one existing reminder when its booking is written again (pure).
+
+    ``wanted`` is None when the new booking no longer asks for it (``useless``
+    when it does, but at a time that is too late to be of use). A reminder
+    being sent right now (``sending``) follows the same rules as a pending one:
+    the newer intent wins, the in-flight outcome lands only in the history.
+    """
+    unsent = status in (Status.PENDING, Status.SENDING)
+    if wanted is None:
+        if not unsent:
+            return Fate.KEEP
+        return Fate.EXPIRE if useless else Fate.CANCEL
+    retimed = current != wanted
+    if unsent or status in (Status.FAILED, Status.EXPIRED):
+        return Fate.REARM if retimed else Fate.KEEP
+    if status == Status.SENT:
+        return Fate.REARM if retimed and wanted[0] > now else Fate.KEEP
+    # cancelled: back when the booking is booked again or the recipient/kind returns
+    return Fate.REARM if reactivating or reason == Reason.REMOVED else Fate.KEEP
 
 
 @dataclass
@@ -150,7 +206,6 @@ class _Plan:
     booking_updates: list[dict[str, Any]] = field(default_factory=list)
     reminder_inserts: list[dict[str, Any]] = field(default_factory=list)
     rearms: list[dict[str, Any]] = field(default_factory=list)
-    retimes: list[dict[str, Any]] = field(default_factory=list)
     cancels: list[int] = field(default_factory=list)
     expires: list[int] = field(default_factory=list)
 
@@ -161,11 +216,13 @@ def _useless_reason(kind: Kind, scheduled: datetime, not_after: datetime, now: d
     return f"too late: the booking {kind.valid_until}s at {not_after.isoformat()}"
 
 
-def _wanted(
-    inp: BookingInput, now: datetime
-) -> tuple[dict[tuple[str, str, str], tuple[datetime, datetime]], list[Skipped]]:
-    """(kind, channel, recipient) → (scheduled_at, not_after) for useful reminders."""
-    wanted: dict[tuple[str, str, str], tuple[datetime, datetime]] = {}
+Key = tuple[str, str, str]  # (kind, channel, recipient)
+
+
+def _wanted(inp: BookingInput, now: datetime) -> tuple[dict[Key, Times], set[Key], list[Skipped]]:
+    """Useful reminders with their times; the keys skipped as useless, and why."""
+    wanted: dict[Key, Times] = {}
+    useless: set[Key] = set()
     skipped: list[Skipped] = []
     for kind in inp.kinds:
         scheduled = kind.scheduled_at(inp.starts_at, inp.ends_at)
@@ -174,14 +231,13 @@ def _wanted(
             if not_after <= now or scheduled >= not_after:
                 reason = _useless_reason(kind, scheduled, not_after, now)
                 skipped.append(Skipped(kind.name, channel, shown_recipient(recipient), reason))
+                useless.add((kind.name, channel, recipient))
             else:
                 wanted[(kind.name, channel, recipient)] = (scheduled, not_after)
-    return wanted, skipped
+    return wanted, useless, skipped
 
 
-def _new_reminder(
-    key: tuple[str, str, str], times: tuple[datetime, datetime], now: datetime
-) -> dict[str, Any]:
+def _new_reminder(key: Key, times: Times, now: datetime) -> dict[str, Any]:
     kind, channel, recipient = key
     scheduled, not_after = times
     return {
@@ -198,7 +254,7 @@ def _new_reminder(
     }
 
 
-def _rearm(row: Row[Any], times: tuple[datetime, datetime], now: datetime) -> dict[str, Any]:
+def _rearm(row: Row[Any], times: Times, now: datetime) -> dict[str, Any]:
     scheduled, not_after = times
     return {
         "n_id": row.id,
@@ -208,6 +264,7 @@ def _rearm(row: Row[Any], times: tuple[datetime, datetime], now: datetime) -> di
         "status": Status.PENDING.value,
         "attempts": 0,
         "last_error": None,
+        "reason": None,
         "sent_at": None,
         "provider_message_id": None,
         "updated_at": now,
@@ -226,8 +283,17 @@ def _booking_values(inp: BookingInput, status: str) -> dict[str, Any]:
     }
 
 
+def _result(inp: BookingInput, action: str, skipped: list[Skipped]) -> BookingResult:
+    return BookingResult(
+        inp.booking_id,
+        action,
+        skipped=skipped,
+        timezone=inp.timezone if inp.zone_implied else None,
+    )
+
+
 def _plan_new(inp: BookingInput, now: datetime, plan: _Plan) -> BookingResult:
-    wanted, skipped = _wanted(inp, now)
+    wanted, _, skipped = _wanted(inp, now)
     plan.new_bookings.append(
         {
             "external_id": inp.booking_id,
@@ -237,7 +303,9 @@ def _plan_new(inp: BookingInput, now: datetime, plan: _Plan) -> BookingResult:
         }
     )
     plan.new_reminders.append([_new_reminder(k, t, now) for k, t in wanted.items()])
-    return BookingResult(inp.booking_id, "created", added=len(wanted), skipped=skipped)
+    result = _result(inp, "created", skipped)
+    result.added = len(wanted)
+    return result
 
 
 def _plan_existing(
@@ -248,41 +316,30 @@ def _plan_existing(
         raise InvalidInput(
             f"booking {inp.booking_id!r} is cancelled: pass --reactivate to book it again"
         )
-    wanted, skipped = _wanted(inp, now)
-    useless = {(s.kind, s.channel, s.recipient) for s in skipped}
-    result = BookingResult(inp.booking_id, skipped=skipped)
+    wanted, useless, skipped = _wanted(inp, now)
+    result = _result(inp, "unchanged", skipped)
     for row in reminders:
         key = (row.kind, row.channel, row.recipient)
         times = wanted.pop(key, None)
-        if times is None:
-            if row.status in (Status.PENDING, Status.SENDING):
-                (plan.expires if key in useless else plan.cancels).append(row.id)
-                result.cancelled += 1
-            continue
-        retimed = (row.scheduled_at, row.not_after) != times
-        if row.status == Status.SENDING:
-            if retimed:
-                plan.retimes.append(
-                    {
-                        "n_id": row.id,
-                        "scheduled_at": times[0],
-                        "not_after": times[1],
-                        "updated_at": now,
-                    }
-                )
-                result.rescheduled += 1
-            continue
-        rearm = (
-            (row.status in (Status.PENDING, Status.FAILED, Status.EXPIRED) and retimed)
-            or (row.status == Status.SENT and retimed and times[0] > now)
-            or (row.status == Status.CANCELLED and (reactivating or row.last_error == REMOVED))
+        fate = reconcile(
+            Status(row.status),
+            Reason(row.reason) if row.reason else None,
+            (row.scheduled_at, row.not_after),
+            times,
+            useless=key in useless,
+            reactivating=reactivating,
+            now=now,
         )
-        if rearm:
+        if fate is Fate.REARM:
+            assert times is not None
             plan.rearms.append(_rearm(row, times, now))
             if row.status == Status.CANCELLED:
                 result.added += 1
             else:
                 result.rescheduled += 1
+        elif fate is not Fate.KEEP:
+            (plan.expires if fate is Fate.EXPIRE else plan.cancels).append(row.id)
+            result.cancelled += 1
     for key, times in wanted.items():
         plan.reminder_inserts.append({"booking_id": booking.id, **_new_reminder(key, times, now)})
         result.added += 1
@@ -311,9 +368,22 @@ def _apply(conn: Connection, plan: _Plan, now: datetime) -> None:
     queries.update_bookings(conn, plan.booking_updates)
     queries.insert_notifications(conn, inserts + plan.reminder_inserts)
     queries.rearm_notifications(conn, plan.rearms)
-    queries.retime_sending(conn, plan.retimes)
-    queries.finish_unsent(conn, plan.cancels, Status.CANCELLED, REMOVED, now)
-    queries.finish_unsent(conn, plan.expires, Status.EXPIRED, USELESS, now)
+    for ids_, status, reason in (
+        (plan.cancels, Status.CANCELLED, Reason.REMOVED),
+        (plan.expires, Status.EXPIRED, Reason.USELESS),
+    ):
+        queries.finish_unsent(conn, ids_, status, reason, DETAIL[reason], now)
+
+
+def _follow_moves(conn: Connection, inputs: Sequence[BookingInput]) -> list[BookingInput]:
+    """Recipients whose chat moved (Telegram group → supergroup) become the new chat."""
+    moves = queries.chat_moves(conn, {r for inp in inputs for r in inp.recipients})
+    if not moves:
+        return list(inputs)
+    return [
+        replace(inp, recipients=tuple(dict.fromkeys(moves.get(r, r) for r in inp.recipients)))
+        for inp in inputs
+    ]
 
 
 def create_bookings(
@@ -322,7 +392,9 @@ def create_bookings(
     """Upsert bookings and their reminders in one transaction.
 
     ``lines`` numbers the inputs (for files): every failing input is then
-    reported by its line, and nothing is written.
+    reported by its line, and nothing is written. The rows read are locked
+    (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` holds the write
+    lock), so what is reported is what is written: no claim slips in between.
     """
     now = store.clock()
     seen: dict[str, int] = {}
@@ -340,8 +412,9 @@ def create_bookings(
     if errors:
         raise InvalidInput(f"{len(errors)} invalid input(s), nothing written", errors)
     with store.transaction() as conn:
-        existing = queries.load_bookings(conn, [i.booking_id for i in inputs])
-        reminders = queries.load_notifications(conn, [b.id for b in existing.values()])
+        inputs = _follow_moves(conn, inputs)
+        existing = queries.load_bookings(conn, [i.booking_id for i in inputs], lock=True)
+        reminders = queries.load_notifications(conn, [b.id for b in existing.values()], lock=True)
         plan = _Plan()
         results: list[BookingResult] = []
         for index, inp in enumerate(inputs):
@@ -400,7 +473,9 @@ def cancel(
         if missing and not missing_ok:
             raise NotFound(f"not found: {', '.join(missing)} (use --missing-ok to ignore)")
         reminders = queries.cancel_booking_rows(conn, [b.id for b in found.values()], now)
-        reminders += queries.finish_unsent(conn, sorted(known), Status.CANCELLED, "cancelled", now)
+        reminders += queries.finish_unsent(
+            conn, sorted(known), Status.CANCELLED, Reason.CANCELLED, DETAIL[Reason.CANCELLED], now
+        )
     return CancelResult(len(found), reminders, tuple(missing))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import InvalidInput
@@ -38,8 +38,33 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def parse_zone(name: str) -> ZoneInfo:
-    """An IANA zone by name, e.g. ``Europe/Berlin``."""
+_FIXED_ZONE = re.compile(r"UTC([+-])(\d{2}):(\d{2})")
+
+
+def fixed_zone(offset: timedelta) -> tzinfo:
+    """A fixed UTC offset as a zone named ``UTC+01:00`` (never silently plain UTC)."""
+    if not offset:
+        return ZoneInfo("UTC")
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    hours, rest = divmod(abs(minutes), 60)
+    return timezone(offset, f"UTC{sign}{hours:02d}:{rest:02d}")
+
+
+def zone_name(zone: tzinfo) -> str:
+    """The name a zone is stored under: the IANA key, or ``UTC+01:00`` for a fixed offset."""
+    return getattr(zone, "key", None) or zone.tzname(None) or "UTC"
+
+
+def parse_zone(name: str) -> tzinfo:
+    """An IANA zone by name (``Europe/Berlin``), or a fixed offset (``UTC+01:00``)."""
+    fixed = _FIXED_ZONE.fullmatch(name or "")
+    if fixed:
+        sign, hours, minutes = fixed.groups()
+        offset = timedelta(hours=int(hours), minutes=int(minutes))
+        if offset >= timedelta(hours=24) or int(minutes) >= 60:
+            raise InvalidInput(f"unknown time zone {name!r}")
+        return fixed_zone(-offset if sign == "-" else offset)
     if not name or name != name.strip() or ".." in name or name.startswith("/"):
         raise InvalidInput(f"unknown time zone {name!r}")
     try:
@@ -50,18 +75,42 @@ def parse_zone(name: str) -> ZoneInfo:
         ) from e
 
 
-def localize(naive: datetime, zone: ZoneInfo) -> datetime:
+def implied_zone(*texts: str | datetime) -> tzinfo | None:
+    """The zone that times given with a UTC offset imply (the first one's offset), if any."""
+    for text in texts:
+        value = text if isinstance(text, datetime) else _offset_time(text)
+        if value is not None and getattr(value.tzinfo, "key", None):
+            return value.tzinfo  # an aware datetime from the Python API keeps its own zone
+        if value is not None and value.utcoffset() is not None:
+            offset = value.utcoffset()
+            assert offset is not None
+            return fixed_zone(offset)
+    return None
+
+
+def _offset_time(text: str) -> datetime | None:
+    raw = text.strip()
+    if raw.startswith("+"):
+        return None
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+
+
+def localize(naive: datetime, zone: tzinfo) -> datetime:
     """Read a wall-clock time in ``zone``; reject times a DST gap skips."""
     aware = naive.replace(tzinfo=zone)
     round_trip = aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
     if round_trip != naive:
         raise InvalidInput(
-            f"{naive.isoformat(sep=' ')} does not exist in {zone.key} (skipped by a DST change)"
+            f"{naive.isoformat(sep=' ')} does not exist in {zone_name(zone)} "
+            "(skipped by a DST change)"
         )
     return aware.astimezone(UTC)
 
 
-def parse_time(text: str, zone: ZoneInfo, now: datetime) -> datetime:
+def parse_time(text: str, zone: tzinfo, now: datetime) -> datetime:
     """ISO 8601 with offset, naive (read in ``zone``), or relative (``+2h``) → aware UTC."""
     raw = text.strip()
     if raw.startswith("+"):

@@ -237,10 +237,12 @@ def test_decide_failed_is_final() -> None:
     assert outcome.due_at is None
 
 
-def test_decide_bad_credentials_never_schedules_a_retry() -> None:
-    # The run handles BAD_CREDENTIALS itself (claims released); decide must not retry it.
+def test_decide_bad_credentials_gives_the_claim_back_untouched() -> None:
+    # decide is total: a refused token releases the claim (attempt given back, due unchanged)
     outcome = _decide(SendResult.bad_credentials("401: Unauthorized", 401))
-    assert outcome.status is Status.FAILED
+    assert outcome == Outcome.released(action="bad_credentials")
+    assert outcome.status is Status.PENDING
+    assert outcome.give_back_attempt
     assert outcome.due_at is None
 
 

@@ -119,7 +119,8 @@ def test_migrate_sql_prints_the_schema_and_writes_nothing(tmp_path: Path) -> Non
 
     assert "CREATE TABLE bookings" in result.stdout
     assert "CREATE TABLE notifications" in result.stdout
-    assert f"INSERT INTO alembic_version (version_num) VALUES ('{HEAD}')" in result.stdout
+    assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in result.stdout
+    assert f"UPDATE alembic_version SET version_num='{HEAD}'" in result.stdout
     assert not path.exists()
     assert not path.parent.exists()
 
