@@ -5,6 +5,7 @@ python3 dev.py demo     # venv + install, then create → dispatch → message
 python3 dev.py test     # venv + install with dev tools, then the test suite
 python3 dev.py check    # ruff check, ruff format --check, mypy
 python3 dev.py bench    # the benchmarks of benchmarks/ (SQLite and PostgreSQL)
+python3 dev.py chaos    # the fault campaign of chaos/ (root; --quick for the CI variant)
 """
 
 from __future__ import annotations
@@ -95,7 +96,13 @@ def bench(*args: str) -> None:
     run(PY, ROOT / "benchmarks" / "run.py", *args, cwd=ROOT)
 
 
-TASKS = {"demo": demo, "test": test, "check": check, "bench": bench}
+def chaos(*args: str) -> None:
+    ensure_venv("dev")
+    ensure_postgres()
+    run(PY, "-m", "chaos.run", *args, cwd=ROOT)
+
+
+TASKS = {"demo": demo, "test": test, "check": check, "bench": bench, "chaos": chaos}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in TASKS:
