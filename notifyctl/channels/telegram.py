@@ -2,17 +2,23 @@
 
 The token lives in the URL path, so every error text that leaves this module
 goes through the redactor, and urllib3's debug log gets a redacting filter.
+The API URL must be https (plain http only to loopback, where a local Bot API
+server or a test fake runs), redirects are never followed, answers are read
+up to a small bound, and each send ends at its deadline (``netguard``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ..config import Settings, redact
 from ..errors import ConfigError
+from . import netguard
 from .base import ChannelContext, Message, SendResult, TextFormat
 
 if TYPE_CHECKING:
@@ -21,6 +27,9 @@ if TYPE_CHECKING:
 MAX_TEXT_LENGTH = 4096
 _CHAT_ID = re.compile(r"-?[1-9]\d{0,15}")
 _USERNAME = re.compile(r"@[A-Za-z][A-Za-z0-9_]{3,31}")
+#: a supergroup id: -100 followed by the group's number, within 52 bits
+_SUPERGROUP_ID = re.compile(r"-100\d{1,13}")
+_MAX_CHAT_ID = 2**52
 
 
 def validate(address: str) -> str:
@@ -35,8 +44,25 @@ def check_config(settings: Settings) -> None:
         raise ConfigError("TELEGRAM_BOT_TOKEN is not set, and Telegram reminders are due")
     if not re.fullmatch(r"\d+:[\w-]+", token):
         raise ConfigError("TELEGRAM_BOT_TOKEN does not look like a bot token (digits:secret)")
-    if not settings.telegram_api_url.startswith(("https://", "http://")):
-        raise ConfigError("TELEGRAM_API_URL must be an http(s) URL")
+    check_api_url(settings.telegram_api_url)
+
+
+def check_api_url(url: str) -> None:
+    """https, or http to loopback only: the token travels in the URL path."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError("TELEGRAM_API_URL is not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not host:
+        raise ConfigError("TELEGRAM_API_URL must be an https:// URL")
+    if scheme == "http" and not netguard.is_loopback_host(host):
+        raise ConfigError(
+            "TELEGRAM_API_URL must be https:// (plain http:// only to localhost, "
+            "127.0.0.0/8 or ::1): the bot token would travel in clear text"
+        )
 
 
 def pacing_key_for(token: str) -> str:
@@ -72,7 +98,9 @@ class TelegramChannel:
         _install_log_redaction()
         self.pacing_key: str | None = pacing_key_for(token)
         self._url = f"{settings.telegram_api_url.rstrip('/')}/bot{token}/sendMessage"
-        self._timeout = (context.connect_timeout, context.read_timeout)
+        self._connect_timeout = context.connect_timeout
+        self._read_timeout = context.read_timeout
+        self._deadline = context.send_deadline
         self._own_session = context.http_session is None
         self._session: requests.Session = context.http_session or _session_for(self._url)
 
@@ -86,17 +114,41 @@ class TelegramChannel:
         }
         if message.text_format == "html":
             body["parse_mode"] = "HTML"
-        try:
-            response = self._session.post(self._url, json=body, timeout=self._timeout)
-        except requests.ConnectionError as e:
-            # refused, reset, DNS, connect timeout; "aborted" means it broke after sending
-            return SendResult.retry(_describe(e), uncertain="aborted" in str(e))
-        except requests.Timeout as e:
-            # the request went out: the message may have been delivered
-            return SendResult.retry(_describe(e), uncertain=True)
-        except requests.RequestException as e:
-            return SendResult.retry(_describe(e))
-        return classify_response(response.status_code, _json_or_none(response))
+        with netguard.Deadline(self._deadline) as deadline:
+            timeout = (
+                deadline.timeout(self._connect_timeout),
+                deadline.timeout(self._read_timeout),
+            )
+            try:
+                response = self._session.post(
+                    self._url, json=body, timeout=timeout, allow_redirects=False, stream=True
+                )
+                try:
+                    content = netguard.read_bounded(response)
+                finally:
+                    response.close()
+            except requests.RequestException as e:
+                if deadline.expired:
+                    # abandoned at the deadline: once sent, the message may have arrived
+                    return SendResult.retry(deadline.message(), uncertain=deadline.request_started)
+                if isinstance(e, requests.ConnectTimeout):
+                    return SendResult.retry(_describe(e))
+                if isinstance(e, requests.ConnectionError):
+                    # refused, reset, DNS; "aborted" means it broke after sending
+                    return SendResult.retry(_describe(e), uncertain="aborted" in str(e))
+                if isinstance(e, requests.Timeout):
+                    # the request went out: the message may have been delivered
+                    return SendResult.retry(_describe(e), uncertain=True)
+                return SendResult.retry(_describe(e))
+        if 300 <= response.status_code < 400:
+            return SendResult.failed(
+                f"HTTP {response.status_code}: the Bot API answered with a redirect, "
+                "which is not followed (check TELEGRAM_API_URL)",
+                response.status_code,
+            )
+        return classify_response(
+            response.status_code, _json_or_none(content), chat_id=message.recipient
+        )
 
     def close(self) -> None:
         if self._own_session:
@@ -113,12 +165,12 @@ def _session_for(url: str) -> requests.Session:
 
     import requests
 
-    session = requests.Session()
+    # the operator's own proxies apply to the operator's own API URL; .netrc never does
+    session = netguard.http_session(None, trust_env=False)
     session.proxies.update(requests.utils.get_environ_proxies(url))
     session.verify = (
         os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     )
-    session.trust_env = False
     return session
 
 
@@ -126,30 +178,65 @@ def _describe(error: Exception) -> str:
     return redact(f"{type(error).__name__}: {error}")[:500]
 
 
-def _json_or_none(response: requests.Response) -> dict[str, Any] | None:
+def _json_or_none(content: bytes) -> dict[str, Any] | None:
+    import json
+
     try:
-        data = response.json()
-    except ValueError:
+        data = json.loads(content)
+    except (ValueError, RecursionError):  # also a body cut at the size bound
         return None
     return data if isinstance(data, dict) else None
 
 
-def classify_response(status: int, data: dict[str, Any] | None) -> SendResult:
+def valid_migration(new_id: object, old_id: str | None) -> str | None:
+    """``migrate_to_chat_id`` as a chat id, or None when it is not a plausible one.
+
+    A group moves to a supergroup: an int (or its text) shaped ``-100…``,
+    within 52 bits, and not the chat it moves from.
+    """
+    if isinstance(new_id, bool) or not isinstance(new_id, int | str):
+        return None
+    text = str(new_id).strip()
+    if not _SUPERGROUP_ID.fullmatch(text) or abs(int(text)) >= _MAX_CHAT_ID:
+        return None
+    if old_id is not None and text == old_id.strip():
+        return None
+    return text
+
+
+def _retry_after(parameters: dict[str, Any]) -> float:
+    value = parameters.get("retry_after")
+    seconds = (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 1.0
+    )
+    return min(max(seconds, 1.0), 86400.0) if math.isfinite(seconds) else 1.0
+
+
+def classify_response(
+    status: int, data: dict[str, Any] | None, *, chat_id: str | None = None
+) -> SendResult:
     """Bot API answer → outcome class (SPEC §5, Outcomes)."""
     if data is not None and data.get("ok") is True:
         result = data.get("result") or {}
         message_id = result.get("message_id") if isinstance(result, dict) else None
         return SendResult.sent(str(message_id) if message_id is not None else None, status)
     data = data or {}
-    code = int(data.get("error_code") or status)
-    description = redact(str(data.get("description") or f"HTTP {status}"))[:500]
-    parameters = data.get("parameters") or {}
-    error = f"{code}: {description}"
+    # the answer's fields are checked for shape: a broken or hostile API server
+    # (TELEGRAM_API_URL) must not crash the run or move reminders anywhere
+    raw_code = data.get("error_code")
+    code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else status
+    description = " ".join(str(data.get("description") or f"HTTP {status}").split())
+    error = f"{code}: {redact(description[:500])}"
+    parameters = data.get("parameters")
+    if not isinstance(parameters, dict):
+        parameters = {}
     if code == 429:
-        retry_after = float(parameters.get("retry_after") or 1)
-        return SendResult.retry_after_seconds(retry_after, error, status)
+        return SendResult.retry_after_seconds(_retry_after(parameters), error, status)
     if "migrate_to_chat_id" in parameters:
-        return SendResult.moved(str(parameters["migrate_to_chat_id"]), error, status)
+        new_id = valid_migration(parameters["migrate_to_chat_id"], chat_id)
+        if new_id is not None:
+            return SendResult.moved(new_id, error, status)
+        return SendResult.failed(f"{error} (the new chat id given is not valid)", status)
     if code in (401, 404):
         return SendResult.bad_credentials(error, status)
     if code >= 500 or status >= 500:

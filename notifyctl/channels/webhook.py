@@ -1,9 +1,18 @@
-"""``webhook:URL``: a signed JSON POST per reminder (SPEC §6).
+"""``webhook:URL``: a signed JSON POST per reminder (SPEC §6, §14).
 
 The body is serialised once (compact, sorted keys) and sent as those exact
-bytes, so the signature a receiver checks is over what it received. A URL may
-carry credentials (``https://user:pass@host/hook``) or a token in its path:
-no error text that leaves this module contains either.
+bytes, so the signature a receiver checks is over what it received. The
+signature also covers the receiver's URL, so a body signed for one receiver
+cannot be replayed to another. A URL may carry credentials
+(``https://user:pass@host/hook``) or a token in its path: no error text that
+leaves this module contains either.
+
+Webhook URLs come from end users: only public addresses are reached, unless
+``NOTIFYCTL_WEBHOOK_ALLOW`` names the host or its network, and the check is
+made on the address actually connected to (``netguard``). The environment's
+proxies and ``.netrc`` are never consulted, redirects never followed, the
+answer's body never stored (only its status line), and the whole send ends at
+its deadline however slowly the receiver answers.
 """
 
 from __future__ import annotations
@@ -12,14 +21,18 @@ import datetime
 import email.utils
 import hashlib
 import hmac
+import http
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 from ..config import REDACTED, Settings, redact, redact_url, url_password
+from ..errors import ConfigError
+from . import netguard
 from .base import ChannelContext, Message, SendResult, TextFormat
 
 if TYPE_CHECKING:
@@ -34,7 +47,11 @@ _MIN_SECRET_PATH = 8
 
 
 def validate(address: str) -> str:
-    """An absolute http(s) URL with a host; the message never echoes the URL."""
+    """An absolute http(s) URL with a host; the message never echoes the URL.
+
+    A literal non-public IP (loopback, private, link-local, …) is refused here
+    unless ``NOTIFYCTL_WEBHOOK_ALLOW`` allows it; names are checked when sent.
+    """
     if not address or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in address):
         raise ValueError("a webhook URL may not be empty or contain spaces or control characters")
     try:
@@ -50,17 +67,32 @@ def validate(address: str) -> str:
         raise ValueError("the webhook URL has no host")
     if port == 0:
         raise ValueError("the webhook URL has an invalid port")
+    allow_policy(os.environ.get("NOTIFYCTL_WEBHOOK_ALLOW")).check_literal(parts.hostname)
     return address
 
 
+def allow_policy(allow: str | None) -> netguard.AddressPolicy:
+    """``NOTIFYCTL_WEBHOOK_ALLOW`` parsed; ``ConfigError`` (exit 3) when malformed."""
+    try:
+        return netguard.AddressPolicy.parse(allow)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_config(settings: Settings) -> None:
-    """Webhooks need nothing: without ``NOTIFYCTL_WEBHOOK_SECRET`` they go unsigned."""
+    """Only a well-formed allowlist: without a secret webhooks go unsigned."""
+    allow_policy(settings.webhook_allow)
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """``sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
+def sign(secret: str, timestamp: int, url: str, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256(secret, "<timestamp>.<url>.<body>")>``.
+
+    ``url`` is the receiver's URL exactly as given to ``create`` (after
+    ``webhook:``): a receiver checks with its own URL, so a body another
+    receiver got cannot be replayed to it.
+    """
+    signed = f"{timestamp}.{url}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
 def build_body(message: Message) -> bytes:
@@ -117,18 +149,19 @@ class WebhookChannel:
     parts: frozenset[str] = frozenset()
 
     def __init__(self, context: ChannelContext, *, now: Callable[[], float] = time.time) -> None:
-        import requests
 
         self._secret = context.settings.webhook_secret or None
         redact.add([self._secret])
         self._now = now
-        self._timeout = (context.connect_timeout, context.read_timeout)
-        self._own_session = context.http_session is None
-        self._session: requests.Session = context.http_session or requests.Session()
+        self._connect_timeout = context.connect_timeout
+        self._read_timeout = context.read_timeout
+        self._deadline = context.send_deadline
+        # never a shared session: this one checks every address it connects
+        # to and ignores proxies and .netrc from the environment
+        policy = allow_policy(context.settings.webhook_allow)
+        self._session: requests.Session = netguard.http_session(policy, trust_env=False)
 
     def send(self, message: Message) -> SendResult:
-        import requests
-
         url = message.recipient
         scrub = _Scrubber(url)
         try:
@@ -144,56 +177,97 @@ class WebhookChannel:
         if self._secret:
             timestamp = int(now)
             headers["X-Notifyctl-Timestamp"] = str(timestamp)
-            headers["X-Notifyctl-Signature"] = sign(self._secret, timestamp, body)
+            headers["X-Notifyctl-Signature"] = sign(self._secret, timestamp, url, body)
+        with netguard.Deadline(self._deadline) as deadline:
+            return self._post(url, body, headers, deadline, now, scrub)
+
+    def _post(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        deadline: netguard.Deadline,
+        now: float,
+        scrub: Callable[[str], str],
+    ) -> SendResult:
+        import requests
+
+        timeout = (deadline.timeout(self._connect_timeout), deadline.timeout(self._read_timeout))
         try:
             response = self._session.post(
-                url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
             )
-        except requests.ConnectTimeout as e:
-            # nothing was sent: a plain backoff
-            return SendResult.retry(scrub(_describe(e)))
-        except requests.Timeout as e:
-            # the request went out: the receiver may have acted on it
-            return SendResult.retry(scrub(_describe(e)), uncertain=True)
-        except requests.ConnectionError as e:
-            # refused, reset, DNS; "aborted" means it broke after the request was sent
-            return SendResult.retry(scrub(_describe(e)), uncertain="aborted" in str(e))
-        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as e:
-            return SendResult.failed(scrub(_describe(e)))
         except requests.RequestException as e:
-            return SendResult.retry(scrub(_describe(e)), uncertain=True)
+            return _failure(e, deadline, scrub)
         try:
-            return classify_response(
-                response.status_code,
-                response.headers.get("Retry-After"),
-                _snippet(response),
-                now=now,
-                scrub=scrub,
-            )
+            _drain(response)
         finally:
             response.close()
+        return classify_response(response.status_code, response.headers.get("Retry-After"), now=now)
 
     def close(self) -> None:
-        if self._own_session:
-            self._session.close()
+        self._session.close()
 
 
-def classify_response(
-    status: int,
-    retry_after: str | None,
-    snippet: str,
-    *,
-    now: float,
-    scrub: Callable[[str], str] = redact,
+def _failure(
+    error: Exception, deadline: netguard.Deadline, scrub: Callable[[str], str]
 ) -> SendResult:
-    """HTTP answer → outcome class (SPEC §6, webhook)."""
+    import requests
+
+    if netguard.refused(error):
+        return SendResult.failed(
+            "the webhook host resolves to a non-public address "
+            "(allow internal receivers with NOTIFYCTL_WEBHOOK_ALLOW)"
+        )
+    if deadline.expired:
+        # abandoned at the deadline; once the request went out it may have been acted on
+        return SendResult.retry(deadline.message(), uncertain=deadline.request_started)
+    if isinstance(error, requests.ConnectTimeout):
+        # nothing was sent: a plain backoff
+        return SendResult.retry(scrub(_describe(error)))
+    if isinstance(error, requests.Timeout):
+        # the request went out: the receiver may have acted on it
+        return SendResult.retry(scrub(_describe(error)), uncertain=True)
+    if isinstance(error, requests.ConnectionError):
+        # refused, reset, DNS; "aborted" means it broke after the request was sent
+        return SendResult.retry(scrub(_describe(error)), uncertain="aborted" in str(error))
+    if isinstance(error, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema):
+        return SendResult.failed(scrub(_describe(error)))
+    return SendResult.retry(scrub(_describe(error)), uncertain=True)
+
+
+def _drain(response: requests.Response) -> None:
+    """Read a small declared body so the connection can be reused; its text is never used.
+
+    A body without a length, a larger one, or one that does not arrive in
+    time only costs the connection (closed with the response).
+    """
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) <= netguard.MAX_BODY:
+        try:
+            netguard.read_bounded(response)
+        except Exception:  # the status line is the answer; a broken body changes nothing
+            return
+
+
+def status_line(status: int) -> str:
+    """``HTTP 500 Internal Server Error``: the standard phrase, never the receiver's text."""
+    try:
+        return f"HTTP {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def classify_response(status: int, retry_after: str | None, *, now: float) -> SendResult:
+    """HTTP answer → outcome class (SPEC §6, webhook); only the status line is kept."""
     if 200 <= status < 300:
         return SendResult.sent(None, status)
-    detail = f": {snippet}" if snippet else ""
     if 300 <= status < 400:
-        error = f"HTTP {status}: the webhook answered with a redirect, which is not followed"
+        error = (
+            f"{status_line(status)}: the webhook answered with a redirect, which is not followed"
+        )
         return SendResult.failed(error, status)
-    error = scrub(f"HTTP {status}{detail}")
+    error = status_line(status)
     if status in (429, 503):
         seconds = parse_retry_after(retry_after, now)
         if seconds is not None:
@@ -202,12 +276,6 @@ def classify_response(
     if status >= 500:
         return SendResult.retry(error, status)
     return SendResult.failed(error, status)
-
-
-def _snippet(response: requests.Response) -> str:
-    """The start of the answer's body on one line, for the stored error."""
-    text = response.content[:1000].decode("utf-8", "replace")
-    return " ".join(text.split())[:200]
 
 
 def _describe(error: Exception) -> str:
