@@ -145,10 +145,35 @@ class Proc:
         self._files = []
 
 
+SOURCE: list[Path] = []  # set by --source: a committed notifyctl/ tree to run instead
+
+
+def export_source(rev: str, into: Path) -> str:
+    """``git archive REV notifyctl`` into ``into``; children import it first (PYTHONPATH).
+
+    Several engineers edit this checkout at once: a committed tree is a stable
+    thing to judge, the working tree may be half-way through an edit.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    commit = sh("git", "-C", str(ROOT), "rev-parse", "--short", rev).stdout.strip()
+    for tree in (
+        [rev, "notifyctl"],  # the package
+        ["--prefix=notifyctl/migrations/", f"{rev}:migrations"],  # its package data
+    ):
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", *tree], check=True, capture_output=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    SOURCE[:] = [into]
+    return commit
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """A cron-like environment: nothing but PATH, HOME, locale, and what is given."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
     env = {k: os.environ[k] for k in keep if k in os.environ}
+    if SOURCE:
+        env["PYTHONPATH"] = str(SOURCE[0])
     env["NO_COLOR"] = "1"
     env.update(extra)
     return env

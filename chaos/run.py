@@ -27,7 +27,7 @@ import time
 import zlib
 from pathlib import Path
 
-from chaos.infra import ChaosError, Cleanup, log, pg_ready
+from chaos.infra import ChaosError, Cleanup, export_source, log, pg_ready
 from chaos.scenarios import FULL, QUICK, SCENARIOS, Result, run_scenario
 
 COLUMNS = (
@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: from the clock")
     parser.add_argument("--only", action="append", default=[], help="scenario name (repeatable)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir")
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="run notifyctl as committed at this git revision (default: the working tree)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep stores and logs afterwards")
     args = parser.parse_args(argv)
 
@@ -100,9 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario(s) {sorted(unknown)}: {[s.name for s in SCENARIOS]}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="notifyctl-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    code = "the working tree"
+    if args.source:
+        code = f"commit {export_source(args.source, workdir / 'src')}"
     print(
         f"chaos campaign: {'quick' if args.quick else 'full'}, seed {seed} "
-        f"(re-run: --seed {seed}), workdir {workdir}",
+        f"(re-run: --seed {seed}), notifyctl from {code}, workdir {workdir}",
         flush=True,
     )
     results: list[Result] = []
@@ -125,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\nseed {seed}, {time.time() - started:.0f} s, {'quick' if args.quick else 'full'}\n")
+    mode = "quick" if args.quick else "full"
+    print(f"\nseed {seed}, {time.time() - started:.0f} s, {mode}, notifyctl from {code}\n")
     print(table(results))
     print("\nMarkdown:\n")
     print(markdown(results))
