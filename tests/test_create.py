@@ -312,6 +312,7 @@ def test_json_output_reports_action_and_counts(cli: Cli, database_url: str) -> N
         "rescheduled": 0,
         "cancelled": 0,
         "skipped": [],
+        "timezone": "UTC+01:00",  # none given: the times' offset, said so
     }
     assert db.counts(database_url) == (1, 8)
 
@@ -321,7 +322,8 @@ def test_text_output_is_one_line_per_booking(cli: Cli, database_url: str) -> Non
     result = create_ok(cli)
 
     assert result.stdout.splitlines() == [
-        "created b1: 4 added, 0 rescheduled, 0 cancelled, 0 skipped"
+        "created b1: 4 added, 0 rescheduled, 0 cancelled, 0 skipped",
+        "  time zone UTC+01:00 (none given: --timezone sets it)",
     ]
     assert result.stderr == ""
     assert db.counts(database_url) == (1, 4)
@@ -528,8 +530,8 @@ def test_skipped_reminders_are_listed_in_text_output(cli: Cli, database_url: str
 
     lines = result.stdout.splitlines()
     assert lines[0] == "created b1: 2 added, 0 rescheduled, 0 cancelled, 2 skipped"
-    assert lines[1].startswith("  skipped day_before for console:a: too late")
-    assert lines[2].startswith("  skipped hour_before for console:a: too late")
+    assert lines[2].startswith("  skipped day_before for console:a: too late")
+    assert lines[3].startswith("  skipped hour_before for console:a: too late")
     assert db.counts(database_url) == (1, 2)
 
 
