@@ -1,4 +1,8 @@
-"""apprise: channel through Apprise's json:// service to a real HTTP receiver."""
+"""apprise: channel through Apprise's json:// service to a real HTTP receiver.
+
+json:// posts to any host its URL names, so it is not among the default
+services: these tests opt in, as an operator would (NOTIFYCTL_APPRISE_SCHEMES).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,12 @@ from notifyctl.errors import ConfigError, InvalidInput
 from tests.fakes.http_receiver import Answer, HttpReceiver, closed_port
 
 PASSWORD = "apprise-Secr3t-pw"
+SCHEMES = "json,slack,discord"
+
+
+@pytest.fixture(autouse=True)
+def operator_allows_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFYCTL_APPRISE_SCHEMES", SCHEMES)
 
 
 @pytest.fixture
@@ -28,7 +38,10 @@ def receiver() -> Iterator[HttpReceiver]:
 @pytest.fixture
 def channel() -> Iterator[ap.AppriseChannel]:
     ch = ap.open_channel(
-        ChannelContext(settings=Settings(database_url="sqlite://"), stdout=io.StringIO())
+        ChannelContext(
+            settings=Settings(database_url="sqlite://", apprise_schemes=SCHEMES),
+            stdout=io.StringIO(),
+        )
     )
     yield ch
     ch.close()

@@ -135,6 +135,9 @@ class Servers:
             "NOTIFYCTL_EMAIL_FROM": EMAIL_FROM,
             "NOTIFYCTL_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "NOTIFYCTL_TEMPLATES": str(templates),
+            # the receivers listen on loopback, and json:// may post anywhere: both opt-ins
+            "NOTIFYCTL_WEBHOOK_ALLOW": "127.0.0.1",
+            "NOTIFYCTL_APPRISE_SCHEMES": "json",
         }
 
 
@@ -265,9 +268,8 @@ def every_channel_flow(run: Run, servers: Servers, templates: Path) -> None:
     assert webhook.headers["idempotency-key"] == str(ids["webhook"])
     timestamp = webhook.headers["x-notifyctl-timestamp"]
     assert before - 5 <= int(timestamp) <= time.time() + 5
-    expected = hmac.new(
-        WEBHOOK_SECRET.encode(), f"{timestamp}.".encode() + webhook.body, hashlib.sha256
-    ).hexdigest()
+    signed = f"{timestamp}.{hook}.".encode() + webhook.body  # bound to the receiver's URL
+    expected = hmac.new(WEBHOOK_SECRET.encode(), signed, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(webhook.headers["x-notifyctl-signature"], f"sha256={expected}")
     body = webhook.json()
     assert body["notification_id"] == ids["webhook"]
@@ -350,7 +352,10 @@ def create_args(booking: str, *recipients: str) -> list[str]:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.usefixtures("without_apprise")
 def test_without_the_extra_create_rejects_apprise_recipients(cli: Cli) -> None:
-    result = cli(*create_args("b1", "console:desk", "apprise:json://127.0.0.1:9/notify"))
+    result = cli(
+        *create_args("b1", "console:desk", "apprise:json://127.0.0.1:9/notify"),
+        NOTIFYCTL_APPRISE_SCHEMES="json",
+    )
 
     assert result.exit_code == 2
     assert result.stdout == ""
@@ -365,7 +370,11 @@ def test_without_the_extra_create_rejects_apprise_recipients(cli: Cli) -> None:
 def test_without_the_extra_a_due_apprise_reminder_stops_dispatch_with_exit_3(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ok(cli, *create_args("b1", "apprise:json://127.0.0.1:9/notify"))
+    ok(
+        cli,
+        *create_args("b1", "apprise:json://127.0.0.1:9/notify"),
+        NOTIFYCTL_APPRISE_SCHEMES="json",
+    )
     monkeypatch.setitem(sys.modules, "apprise", None)  # the extra went away since
 
     result = cli("dispatch")
@@ -396,6 +405,7 @@ def stored_errors(database_url: str) -> list[str]:
 
 def test_webhook_url_credentials_never_appear_in_cli_output(cli: Cli, database_url: str) -> None:
     password = f"s3cret-{uuid.uuid4().hex[:10]}"
+    cli.env["NOTIFYCTL_WEBHOOK_ALLOW"] = "127.0.0.1"  # the receivers listen on loopback
     with HttpReceiver() as rx:
         # the receiver echoes the credentials it was sent, in its error page
         rx.script(Answer(500, body=f"denied user:{password} for {rx.url()}".encode()))

@@ -51,6 +51,12 @@ def write(tmp_path: Path, text: str, name: str = "templates.toml") -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def loopback_webhooks_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receivers listen on loopback, which webhooks reach only when allowed."""
+    monkeypatch.setenv("NOTIFYCTL_WEBHOOK_ALLOW", "127.0.0.1")
+
+
 @pytest.fixture
 def nodb_cli(tmp_path: Path) -> Cli:
     """The CLI for commands that need no database (`templates check`)."""
@@ -76,6 +82,7 @@ def dispatch(store: Store, clock: FrozenClock, templates: Path | None, **setting
         Settings(
             database_url="sqlite://",
             templates_path=str(templates) if templates else None,
+            webhook_allow="127.0.0.1",  # the receivers listen on loopback
             **settings,
         ),
         DispatchOptions(),

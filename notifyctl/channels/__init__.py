@@ -35,15 +35,33 @@ def channel_module(name: str) -> ModuleType:
 
 
 def shown_recipient(recipient: str) -> str:
-    """A recipient as output shows it: passwords inside URLs masked."""
-    return redact_url(recipient) if "@" in recipient and "://" in recipient else recipient
+    """A recipient as output shows it: passwords and tokens inside URLs masked.
+
+    http(s) URLs (webhooks, and Apprise's native URLs) keep host and readable
+    path; any other URL is an Apprise service, shown through Apprise's own
+    privacy rendering (``slack://T1…/****/…``).
+    """
+    scheme, sep, _ = recipient.partition("://")
+    if not sep:
+        return recipient
+    if scheme.lower() in ("http", "https"):
+        return channel_module("webhook").shown(recipient)  # type: ignore[no-any-return]
+    return channel_module("apprise").shown(recipient)  # type: ignore[no-any-return]
+
+
+def _shown_safely(address: str) -> str:
+    try:
+        return shown_recipient(address)
+    except Exception:  # a message about a bad address must not fail on it
+        return redact_url(address)
 
 
 def parse_recipient(raw: str) -> tuple[str, str]:
     """``--to`` value → (channel, normalised address); exit 2 when invalid."""
     text = raw.strip()
     prefix, sep, rest = text.partition(":")
-    raw = f"{prefix}{sep}{redact_url(rest)}"  # as messages show it: no URL password
+    # as messages show it: no URL password or token
+    raw = f"{prefix}{sep}{_shown_safely(rest)}" if len(text) <= MAX_ADDRESS_LENGTH else "…"
     if _TELEGRAM_SHORT.fullmatch(text):
         channel, address = "telegram", text
     elif ":" in text:

@@ -71,6 +71,42 @@ def validate(address: str) -> str:
     return address
 
 
+def shown(url: str) -> str:
+    """The URL as output shows it: password, tokens in the path and query values masked.
+
+    A path segment is taken for a token when it is long (16+ characters) or
+    mixes letters and digits over 8+ characters (Slack's ``T…/B…/…``,
+    Discord's ``ID/TOKEN``); ``/hooks/booking`` stays readable.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return REDACTED
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None:
+        host = f"{host}:{port}"
+    if parts.username is not None or parts.password is not None:
+        user = _mask_segment(parts.username or "")
+        host = f"{user}:{REDACTED}@{host}" if parts.password is not None else f"{user}@{host}"
+    path = "/".join(_mask_segment(segment) for segment in parts.path.split("/"))
+    query = "&".join(
+        f"{key}={REDACTED}" if sep else _mask_segment(key)
+        for key, sep, _ in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return f"{parts.scheme}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def _mask_segment(segment: str) -> str:
+    letters = any(c.isalpha() for c in segment)
+    digits = any(c.isdigit() for c in segment)
+    if len(segment) >= 16 or (len(segment) >= 8 and letters and digits):
+        return REDACTED
+    return segment
+
+
 def allow_policy(allow: str | None) -> netguard.AddressPolicy:
     """``NOTIFYCTL_WEBHOOK_ALLOW`` parsed; ``ConfigError`` (exit 3) when malformed."""
     try:
