@@ -342,12 +342,13 @@ def _adapter_class() -> Any:
             return sock
 
         def _guarded_conn(self, policy: AddressPolicy, timeout: Any) -> socket.socket:
+            conn: Any = self
             try:
                 infos = policy.resolve(self.host, self.port)
             except DestinationRefused as e:
-                raise _Refused(self, str(e)) from None
+                raise _Refused(conn, str(e)) from None
             except OSError as e:
-                raise NewConnectionError(self, f"Failed to resolve the host: {e}") from e
+                raise NewConnectionError(conn, f"Failed to resolve the host: {e}") from e
             error: OSError | None = None
             for family, socktype, proto, _, address in infos:
                 sock = socket.socket(family, socktype, proto)
@@ -362,8 +363,8 @@ def _adapter_class() -> Any:
             if isinstance(error, TimeoutError):
                 from urllib3.exceptions import ConnectTimeoutError
 
-                raise ConnectTimeoutError(self, f"Connection timed out ({timeout} s)")
-            raise NewConnectionError(self, f"Failed to establish a new connection: {error}")
+                raise ConnectTimeoutError(conn, f"Connection timed out ({timeout} s)")
+            raise NewConnectionError(conn, f"Failed to establish a new connection: {error}")
 
         def request(self, *args: Any, **kwargs: Any) -> Any:
             deadline = _local.deadline
