@@ -234,8 +234,8 @@ class FakeTelegramProcess:
             raise ChaosError(f"fake Telegram did not start: {first!r}")
         self.port = int(first.removeprefix("PORT="))
 
-    def url(self, host: str, label: str) -> str:
-        return f"http://{host}:{self.port}/r/{label}"
+    def url(self, port: int, label: str) -> str:
+        return f"http://127.0.0.1:{port}/r/{label}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -463,6 +463,31 @@ class Host:
     host_if: str | None
     host_ip: str  # the address this host uses to reach PostgreSQL and the fake
     relay: Relay | None = None
+    tg_port: int = 0  # the fake Telegram, at 127.0.0.1:tg_port as this host sees it
+    forwarder: subprocess.Popen[str] | None = None
+
+    def reach_telegram(self, fake_port: int, cleanup: Cleanup) -> None:
+        """Give this host a loopback endpoint for the fake (notifyctl: http only to loopback)."""
+        if self.netns is None:
+            self.tg_port = fake_port
+            return
+        self.forwarder = subprocess.Popen(
+            self.wrap(
+                [sys.executable, "-m", "chaos.forward", "--target", f"{self.host_ip}:{fake_port}"]
+            ),
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            text=True,
+            start_new_session=True,
+        )
+        cleanup.callback(_stop_popen, self.forwarder)
+        assert self.forwarder.stdout is not None
+        ready, _, _ = select.select([self.forwarder.stdout], [], [], 30)
+        first = self.forwarder.stdout.readline().strip() if ready else ""
+        if not first.startswith("PORT="):
+            raise ChaosError(f"forwarder in {self.netns} did not start: {first!r}")
+        self.tg_port = int(first.removeprefix("PORT="))
 
     def wrap(self, args: Sequence[str]) -> list[str]:
         if self.netns is None:
@@ -480,6 +505,13 @@ class Host:
             sh("ip", "link", "set", self.host_if, "up")
         elif self.relay is not None:
             self.relay.heal()
+
+
+def _stop_popen(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def make_hosts(count: int, cleanup: Cleanup) -> tuple[list[Host], str]:
@@ -514,8 +546,10 @@ def make_hosts(count: int, cleanup: Cleanup) -> tuple[list[Host], str]:
         how = (
             f"{count} network namespaces joined by veth pairs; PostgreSQL listens on "
             "127.0.0.1 only (listen_addresses needs a restart of the shared server), so "
-            "each namespace reaches it through a TCP relay on its veth's host address; "
-            "the cut is `ip link set <veth> down` (DB and Telegram traffic both)"
+            "each namespace reaches it through a TCP relay on its veth's host address, and "
+            "the fake Telegram through a forwarder on the namespace's loopback (notifyctl "
+            "allows plain http only to loopback); the cut is `ip link set <veth> down` "
+            "(DB and Telegram traffic both)"
         )
         return hosts, how
     except (ChaosError, subprocess.CalledProcessError, OSError) as e:

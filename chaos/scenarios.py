@@ -222,6 +222,8 @@ class Run:
             self.dir / "deliveries.jsonl", self.size.latency, self.seed, bind
         )
         self.cleanup.callback(self.fake.stop)
+        for host in self.hosts:
+            host.reach_telegram(self.fake.port, self.cleanup)
         self.cleanup.callback(self.kill_all)
 
     def env(self, host: Host, label: str) -> dict[str, str]:
@@ -231,7 +233,7 @@ class Run:
         return clean_env(
             NOTIFYCTL_DATABASE_URL=url,
             TELEGRAM_BOT_TOKEN=BOT_TOKEN,
-            TELEGRAM_API_URL=self.fake.url(host.host_ip, label),
+            TELEGRAM_API_URL=self.fake.url(host.tg_port or self.fake.port, label),
             NOTIFYCTL_TEMPLATES=str(self.templates),
         )
 
@@ -534,7 +536,9 @@ class Run:
         uncertain_rows = self.store.query(
             "SELECT b.external_id FROM delivery_attempts a "
             "JOIN notifications n ON n.id = a.notification_id "
-            "JOIN bookings b ON b.id = n.booking_id WHERE a.uncertain"
+            "JOIN bookings b ON b.id = n.booking_id "
+            # a rescue's own marker is no evidence: whose run it was decides (faulted)
+            "WHERE a.uncertain AND a.outcome <> 'lease_expired'"
         )
         uncertain = {row[0] for row in uncertain_rows}
         rows = {
@@ -629,6 +633,10 @@ class Run:
                 f"row {status} ({last_error or 'no reason'}), never delivered for "
                 f"start {iso(final.start)}"
             )
+        if self.sc.fault == "reschedule":
+            versions = sum(len(b.versions) - 1 for b in self.truth.values())
+            cancels = sum(1 for b in self.truth.values() if b.cancel is not None)
+            r.notes.append(f"{versions} reschedules and {cancels} cancels during the sends")
         codes = Counter(p.returncode for p in self.procs if p.label not in self.faulted)
         r.internal_errors = codes.get(1, 0)
         r.notes.append(
