@@ -11,7 +11,8 @@
 The connection opens on the first send, is reused by the next ones and is
 opened again when the server dropped it while idle. The SMTP password never
 appears in an error: the server's replies and every exception text go
-through the redactor.
+through the redactor. Each send ends at its deadline (``netguard``), however
+slowly the server answers, TLS handshakes included.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ import socket
 import ssl
 import threading
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from ..config import REDACTED, Settings, redact, redact_url, require, url_password
 from ..errors import ConfigError
+from . import netguard
 from .base import ChannelContext, Message, SendResult, TextFormat
 
 Security = Literal["tls", "starttls", "plain"]
@@ -166,6 +169,7 @@ class EmailChannel:
         self._ssl_context = ssl_context
         self._connect_timeout = context.connect_timeout
         self._read_timeout = context.read_timeout
+        self._deadline = context.send_deadline
         self._smtp: smtplib.SMTP | None = None
         # one connection, one transaction at a time
         self._lock = threading.Lock()
@@ -194,18 +198,33 @@ class EmailChannel:
             data = mail.as_bytes()
         except (ValueError, TypeError) as e:
             return SendResult.failed(_clean(f"cannot build the email: {e}"))
-        with self._lock:
-            return self._deliver(recipient, data, self.message_id(message.notification_id))
+        with netguard.Deadline(self._deadline) as deadline:
+            # the wait for the shared connection counts too
+            if not self._lock.acquire(timeout=deadline.left()):
+                return SendResult.retry(f"SMTP: {deadline.message()}: the connection was busy")
+            try:
+                return self._deliver(
+                    recipient, data, self.message_id(message.notification_id), deadline
+                )
+            finally:
+                self._lock.release()
 
-    def _deliver(self, recipient: str, data: bytes, message_id: str) -> SendResult:
+    def _deliver(
+        self, recipient: str, data: bytes, message_id: str, deadline: netguard.Deadline
+    ) -> SendResult:
         for _ in range(2):
             fresh = self._smtp is None
             try:
-                smtp = self._smtp or self._open()
+                smtp = self._smtp or self._open(deadline)
             except (smtplib.SMTPException, OSError) as e:
+                if deadline.expired:  # nothing was sent yet
+                    return SendResult.retry(_clean(f"SMTP: {deadline.message()}"))
                 return classify_error(e)
             stage = "mail"
             try:
+                if smtp.sock is not None:
+                    deadline.watch(smtp.sock)
+                    smtp.sock.settimeout(deadline.timeout(self._read_timeout))
                 smtp.ehlo_or_helo_if_needed()
                 code, reply = smtp.mail(self._sender)
                 if code != 250:
@@ -218,41 +237,53 @@ class EmailChannel:
                 code, reply = smtp.data(data)  # raises SMTPDataError unless 354 first
                 if code != 250:
                     raise smtplib.SMTPDataError(code, reply)
-            except smtplib.SMTPServerDisconnected as e:
-                self._drop()
-                if stage == "mail" and not fresh:
-                    continue  # the server closed the idle connection: nothing was sent
-                # a drop during DATA may come after the server took the message
-                return SendResult.retry(
-                    _clean(f"SMTP: {str(e) or 'server disconnected'}"), uncertain=stage == "data"
-                )
-            except smtplib.SMTPResponseException as e:
-                self._reset(e.smtp_code)
-                if e.smtp_code == 421 and stage == "mail" and not fresh:
-                    continue  # an idle connection the server is closing: nothing was sent
-                return classify_error(e)
-            except smtplib.SMTPRecipientsRefused as e:
-                self._reset(_recipient_code(e))
-                return classify_error(e)
             except (smtplib.SMTPException, OSError) as e:
+                if not deadline.expired:
+                    result = self._failure(e, stage, fresh)
+                    if result is None:
+                        continue
+                    return result
                 self._drop()
-                return classify_error(e, uncertain=stage == "data")
+                # abandoned at the deadline: once DATA went out the mail may have been taken
+                return SendResult.retry(
+                    _clean(f"SMTP: {deadline.message()}"), uncertain=stage == "data"
+                )
             return SendResult.sent(message_id)
         return SendResult.retry("SMTP: the server closed the connection twice")  # pragma: no cover
 
-    def _open(self) -> smtplib.SMTP:
+    def _failure(self, error: Exception, stage: str, fresh: bool) -> SendResult | None:
+        """A failed transaction → outcome; None to try once more on a fresh connection."""
+        if isinstance(error, smtplib.SMTPServerDisconnected):
+            self._drop()
+            if stage == "mail" and not fresh:
+                return None  # the server closed the idle connection: nothing was sent
+            # a drop during DATA may come after the server took the message
+            return SendResult.retry(
+                _clean(f"SMTP: {str(error) or 'server disconnected'}"), uncertain=stage == "data"
+            )
+        if isinstance(error, smtplib.SMTPResponseException):
+            self._reset(error.smtp_code)
+            if error.smtp_code == 421 and stage == "mail" and not fresh:
+                return None  # an idle connection the server is closing: nothing was sent
+            return classify_error(error)
+        if isinstance(error, smtplib.SMTPRecipientsRefused):
+            self._reset(_recipient_code(error))
+            return classify_error(error)
+        self._drop()
+        return classify_error(error, uncertain=stage == "data")
+
+    def _open(self, deadline: netguard.Deadline) -> smtplib.SMTP:
         target = self._target
         smtp: smtplib.SMTP
+        connect_timeout = deadline.timeout(self._connect_timeout)
         # connects and checks the 220 greeting (closing the socket when it is not)
         if target.security == "tls":
-            smtp = _SMTPS(
-                target.host, target.port, timeout=self._connect_timeout, context=self._tls()
-            )
+            smtp = _SMTPS(target.host, target.port, timeout=connect_timeout, context=self._tls())
         else:
-            smtp = smtplib.SMTP(target.host, target.port, timeout=self._connect_timeout)
+            smtp = _SMTP(target.host, target.port, timeout=connect_timeout)
         try:
             if smtp.sock is not None:
-                smtp.sock.settimeout(self._read_timeout)
+                smtp.sock.settimeout(deadline.timeout(self._read_timeout))
             smtp.ehlo_or_helo_if_needed()
             if target.security == "starttls":
                 smtp.starttls(context=self._tls())
@@ -273,7 +304,7 @@ class EmailChannel:
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
             self._ssl_context = ssl.create_default_context()
-        return self._ssl_context
+        return typing.cast(ssl.SSLContext, _WatchedTLS(self._ssl_context))
 
     def _reset(self, code: int) -> None:
         """After a refused transaction: RSET to reuse the connection, or drop it."""
@@ -305,6 +336,15 @@ class EmailChannel:
                 smtp.close()
 
 
+class _SMTP(smtplib.SMTP):
+    """Plain SMTP (STARTTLS later) whose socket the send's deadline can cut."""
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), timeout, self.source_address)
+        netguard.watch(sock)
+        return sock
+
+
 class _SMTPS(smtplib.SMTP_SSL):
     """Implicit TLS that closes its socket when the handshake fails."""
 
@@ -315,6 +355,29 @@ class _SMTPS(smtplib.SMTP_SSL):
         except BaseException:
             sock.close()
             raise
+
+
+class _WatchedTLS:
+    """An SSLContext whose sockets the send's deadline watches from the first
+    handshake byte (a server trickling its handshake is cut too)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+
+    def wrap_socket(self, sock: socket.socket, server_hostname: str | None = None) -> ssl.SSLSocket:
+        tls = self._context.wrap_socket(
+            sock, server_hostname=server_hostname, do_handshake_on_connect=False
+        )
+        netguard.watch(tls)
+        try:
+            tls.do_handshake()
+        except BaseException:
+            tls.close()
+            raise
+        return tls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 def _recipient_code(error: smtplib.SMTPRecipientsRefused) -> int:

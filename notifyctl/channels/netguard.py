@@ -252,6 +252,13 @@ def current_deadline() -> Deadline | None:
     return _local.deadline
 
 
+def watch(sock: socket.socket | None) -> None:
+    """Register a socket with the current send's deadline, if there is one."""
+    deadline = _local.deadline
+    if deadline is not None:
+        deadline.watch(sock)
+
+
 class _Watchdog:
     """One daemon thread that expires deadlines in order (not a timer per send)."""
 
