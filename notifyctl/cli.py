@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TextIO
@@ -31,9 +32,11 @@ from .config import (
     load_dotenv_file,
     parse_send_deadline,
     redact,
+    redact_url,
+    url_passwords,
 )
 from .errors import ConfigError, ExitCode, InvalidInput, NotifyctlError
-from .render import Output, render_csv, render_json, render_json_rows, render_table
+from .render import Output, inert, render_csv, render_json, render_json_rows, render_table
 
 __all__ = ["app", "main"]
 
@@ -51,6 +54,7 @@ class NotifyctlGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
+        warn_secret_options(argv)
         code = run_guarded(
             lambda: super(NotifyctlGroup, self).main(
                 argv, prog_name or "notifyctl", complete_var, standalone_mode=False, **extra
@@ -62,10 +66,58 @@ class NotifyctlGroup(TyperGroup):
         return code
 
 
+#: each line of an error at most this long, after redaction (a bad value can be huge)
+MAX_ERROR_LINE = 1000
+
+
 def _error(message: str, details: Sequence[str] = ()) -> None:
-    print(redact(f"error: {message}"), file=sys.stderr)
+    print(redact.clipped(f"error: {message}", MAX_ERROR_LINE), file=sys.stderr)
     for line in details:
-        print(redact(f"  {line}"), file=sys.stderr)
+        print(redact.clipped(f"  {line}", MAX_ERROR_LINE), file=sys.stderr)
+
+
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_-]{16,}")
+
+
+def _has_password(value: str) -> bool:
+    return bool(url_passwords(value))
+
+
+def _has_secret_part(url: str) -> bool:
+    return _has_password(url) or any(
+        _TOKEN_LIKE.fullmatch(s) for s in url.partition("?")[0].split("/")[3:]
+    )
+
+
+#: options that carry a secret (always, or when the value holds one), and their variable
+SECRET_OPTIONS: dict[str, tuple[str, Callable[[str], bool]]] = {
+    "--telegram-token": ("TELEGRAM_BOT_TOKEN", bool),
+    "--database-url": ("NOTIFYCTL_DATABASE_URL", _has_password),
+    "--telegram-api-url": ("TELEGRAM_API_URL", _has_password),
+    "--ping-url": ("NOTIFYCTL_PING_URL", _has_secret_part),
+}
+
+
+def warn_secret_options(argv: Sequence[str]) -> None:
+    """One warning line per secret given as an option: every local user sees it in ``ps``."""
+    warned: set[str] = set()
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=")
+        if name not in SECRET_OPTIONS or name in warned:
+            continue
+        if not eq:
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+        variable, is_secret = SECRET_OPTIONS[name]
+        if value and is_secret(value):
+            warned.add(name)
+            print(
+                f"warning: {name} on the command line is visible to every local user "
+                f"(ps, /proc); set {variable} in the environment or in a .env file "
+                "readable only by you",
+                file=sys.stderr,
+            )
 
 
 def run_guarded(call: Any, *, debug: bool) -> int:
@@ -278,11 +330,13 @@ def create(
         return
     for r in results:
         output.line(
-            f"{r.action} {r.booking_id}: {r.added} added, {r.rescheduled} rescheduled, "
-            f"{r.cancelled} cancelled, {len(r.skipped)} skipped"
+            inert(
+                f"{r.action} {r.booking_id}: {r.added} added, {r.rescheduled} rescheduled, "
+                f"{r.cancelled} cancelled, {len(r.skipped)} skipped"
+            )
         )
         for s in r.skipped:
-            output.line(f"  skipped {s.kind} for {s.channel}:{s.recipient}: {s.reason}")
+            output.line(inert(f"  skipped {s.kind} for {s.channel}:{s.recipient}: {s.reason}"))
 
 
 @contextmanager
@@ -546,8 +600,10 @@ def dispatch(
                 output.line(render_json([item.__dict__ for item in items]))
             for item in [] if json_out else items:
                 output.line(
-                    f"would send #{item.id} {item.kind} to "
-                    f"{item.channel}:{item.recipient}: {item.text}"
+                    inert(
+                        f"would send #{item.id} {item.kind} to "
+                        f"{item.channel}:{item.recipient}: {item.text}"
+                    )
                 )
             return
         report = idle_run(store) or _run_dispatch(store, settings, options, output)
@@ -667,7 +723,8 @@ def templates_preview(
         output.line(render_json([item.__dict__ for item in items]))
         return
     for item in items:
-        output.line(f"#{item.id} {item.kind} → {item.channel}:{item.recipient}\n  {item.text}")
+        head = inert(f"#{item.id} {item.kind} → {item.channel}:{item.recipient}")
+        output.line(f"{head}\n  {inert(item.text, keep=chr(10))}")
 
 
 # --- stats / prune ----------------------------------------------------------------------
@@ -818,7 +875,7 @@ def migrate(
                 result = migrations.upgrade(engine, revision)
     finally:
         engine.dispose()
-    where = engine.url.render_as_string(hide_password=True)
+    where = redact_url(engine.url.render_as_string(hide_password=True))
     if result.changed:
         output.line(f"migrated {where} from {result.before or 'empty'} to {result.after or 'base'}")
     else:

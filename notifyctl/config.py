@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -65,7 +65,8 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every secret these settings hold, for the redactor."""
         found = [self.telegram_token, self.webhook_secret]
-        found += [url_password(u) for u in (self.database_url, self.smtp_url)]
+        for url in (self.database_url, self.smtp_url):
+            found += url_passwords(url)
         return [s for s in found if s]
 
 
@@ -82,17 +83,40 @@ def parse_send_deadline(text: str | None) -> float:
     return seconds
 
 
-def url_password(url: str | None) -> str | None:
+#: ``password=`` / ``passwd=`` as a URL query parameter (psycopg and libpq accept it) or
+#: as a libpq ``key=value`` word; the value runs to the next ``&``, ``#`` or space.
+_PASSWORD_PARAM = re.compile(r"(?<![^?&;\s])((?:password|passwd)=)[^&#\s]*", re.I)
+
+
+def url_passwords(url: str | None) -> list[str]:
+    """The passwords a URL carries: in its user part and in a ``password=`` parameter."""
     if not url:
-        return None
+        return []
+    found: list[str] = []
     try:
-        return urlsplit(url).password
+        parts = urlsplit(url)
+        if parts.password:
+            found.append(parts.password)
     except ValueError:
-        return None
+        pass
+    _, _, query = url.partition("?")
+    for name, value in parse_qsl(query.partition("#")[0], keep_blank_values=False):
+        if name.lower() in ("password", "passwd"):
+            found.append(value)
+    # as written and as decoded: messages may show either spelling
+    found += [unquote(p) for p in found if unquote(p) != p]
+    return found
+
+
+def url_password(url: str | None) -> str | None:
+    """The password in a URL's user part or its ``password=`` parameter, if any."""
+    found = url_passwords(url)
+    return found[0] if found else None
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
+    """The URL with any password (user part or ``password=`` parameter) replaced by ``***``."""
+    url = _PASSWORD_PARAM.sub(rf"\g<1>{REDACTED}", url)
     try:
         parts = urlsplit(url)
         if parts.password is None:
@@ -105,7 +129,57 @@ def redact_url(url: str) -> str:
 
 
 _TOKEN_IN_PATH = re.compile(r"/bot\d+:[A-Za-z0-9_-]+")
-_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.I)
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+_USER_PART = re.compile(r"[^:/@\s]*")
+_SPACE = re.compile(r"\s")
+#: C0 controls but tab and newline, DEL and C1: escaped in everything redacted, so a
+#: stored error or a diagnostic can never carry a terminal escape sequence.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: shorter secrets are not replaced as bare text: they would mangle ordinary words
+MIN_SECRET_LENGTH = 8
+
+
+def escape_control(match: re.Match[str]) -> str:
+    """``\\x1b`` for an escape character: visible, inert."""
+    return f"\\x{ord(match.group()):02x}"
+
+
+def _mask_url_passwords(text: str) -> str:
+    """``scheme://user:secret@`` → ``scheme://user:***@``, in one pass (linear time).
+
+    Same matches as ``[a-z][a-z0-9+.-]*://[^:/@\\s]*:[^@\\s]+@``, but a regular
+    expression of that shape backtracks quadratically on long text without ``@``.
+    The next ``@`` and the next space are remembered, so no stretch is scanned twice.
+    """
+    out: list[str] = []
+    last = 0
+    pos = 0
+    next_at = next_space = -1
+    length = len(text)
+    while (mark := text.find("://", pos)) >= 0:
+        pos = mark + 3
+        start = mark
+        while start > 0 and text[start - 1] in _SCHEME_CHARS:
+            start -= 1
+        if not any(c.isalpha() for c in text[start:mark]):
+            continue
+        user_end = _USER_PART.match(text, pos).end()  # type: ignore[union-attr]
+        if user_end >= length or text[user_end] != ":":
+            continue
+        secret = user_end + 1
+        if next_at < secret:
+            next_at = text.find("@", secret)
+            if next_at < 0:
+                break  # no "@" anywhere after this: nothing further can match
+        if next_space < secret:
+            found = _SPACE.search(text, secret)
+            next_space = found.start() if found else length
+        if next_at == secret or next_space < next_at:
+            continue
+        out += [text[last:secret], REDACTED]
+        last = pos = next_at
+    out.append(text[last:])
+    return "".join(out)
 
 
 class Redactor:
@@ -113,6 +187,8 @@ class Redactor:
 
     A process-wide instance collects the secrets each command configures, so
     the error chokepoint and the log filter can scrub whatever reaches them.
+    Every step is linear in the length of the text (long input is bad input,
+    not a reason for a run to stall), and control characters come out escaped.
     """
 
     def __init__(self) -> None:
@@ -120,14 +196,27 @@ class Redactor:
         self._lock = threading.Lock()
 
     def add(self, secrets: Iterable[str | None]) -> None:
+        """Secrets to replace wherever they appear; too short ones are left to the patterns."""
         with self._lock:
-            self._secrets.update(s for s in secrets if s and len(s) >= 4)
+            self._secrets.update(s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH)
 
     def __call__(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
+        with self._lock:
+            secrets = sorted(self._secrets, key=len, reverse=True)
+        for secret in secrets:
             text = text.replace(secret, "<redacted>" if ":" in secret else REDACTED)
         text = _TOKEN_IN_PATH.sub("/bot<redacted>", text)
-        return _PASSWORD_IN_URL.sub(rf"\g<scheme>{REDACTED}@", text)
+        text = _PASSWORD_PARAM.sub(rf"\g<1>{REDACTED}", text)
+        return _CONTROL.sub(escape_control, _mask_url_passwords(text))
+
+    def clipped(self, text: str, limit: int = 1000) -> str:
+        """Redacted, then cut to ``limit`` characters (cutting first could split a secret)."""
+        return clip(self(text), limit)
+
+
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, ending with "…" when cut."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
 
 
 redact = Redactor()

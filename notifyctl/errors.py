@@ -58,3 +58,13 @@ class CheckFailed(NotifyctlError):
     """``migrate --check`` found the database behind: exit 1 by the spec."""
 
     exit_code = ExitCode.INTERNAL
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: an error names a bad value, whole
+    or not (a value may be a megabyte long, and every line of an error is read by a person).
+    """
+    text = repr(value) if isinstance(value, str) else repr(str(value))
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(limit - 1, 8)]}…' ({len(str(value))} characters)"

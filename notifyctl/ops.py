@@ -497,11 +497,19 @@ def redact_ping_url(url: str) -> str:
 
 
 def _scrub(text: str, url: str) -> str:
-    """``text`` (an error about ``url``) without the URL's secret parts."""
+    """``text`` (an error about ``url``) without the URL's secret parts.
+
+    Segments are hidden only where they stand as path segments (after a ``/``,
+    up to the next delimiter) and the query only after its ``?``: a short path
+    such as ``/x`` must not turn every letter x of the message into ``***``.
+    """
     _, _, query = url.partition("?")
-    for secret in sorted([*_hidden_segments(url), query], key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, REDACTED)
+    segments = sorted(set(_hidden_segments(url)), key=len, reverse=True)
+    if segments:
+        alternatives = "|".join(re.escape(s) for s in segments)
+        text = re.sub(rf"(?<=/)(?:{alternatives})(?=[/?#\s'\"),;]|$)", REDACTED, text)
+    if query:
+        text = text.replace(f"?{query}", f"?{REDACTED}")
     return redact(text)
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,19 +58,53 @@ def render_json_rows(rows: Iterable[Mapping[str, Any]], out: TextIO) -> None:
     out.write("\n]\n")
 
 
+#: what a spreadsheet reads as the start of a formula (OWASP "CSV injection")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+#: control characters (C0, DEL, C1) and the bidirectional overrides that reorder text
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def inert(text: str, keep: str = "") -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``), except ``keep``.
+
+    What booking data holds is shown, never obeyed: no terminal escape
+    sequences, carriage returns, tabs or bidirectional overrides reach a screen.
+    """
+    if not keep:
+        return _UNSAFE.sub(_escaped, text)
+    return _UNSAFE.sub(lambda m: m.group() if m.group() in keep else _escaped(m), text)
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV value a spreadsheet shows as text: a formula-like cell gets a leading ``'``.
+
+    Plain numbers (a Telegram group id ``-100123``) stay as they are.
+    """
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    return value if _NUMBER.fullmatch(value) else "'" + value
+
+
 def render_csv(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], out: TextIO) -> None:
     writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if row[k] is None else plain(row[k]) for k in fields})
+        writer.writerow({k: "" if row[k] is None else csv_cell(plain(row[k])) for k in fields})
 
 
 def _cell(value: Any) -> str:
+    """One table cell as plain, inert text (never markup), at most 60 characters."""
     if value is None:
         return ""
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%SZ")
-    text = str(value)
+    text = inert(str(value)[:240])
     return text if len(text) <= 60 else text[:59] + "…"
 
 
@@ -89,10 +124,12 @@ def render_table(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, show_lines=False)
+    # Text cells are never parsed as markup: "[/x]" or "[link=…]" in a booking id is shown
+    table = Table(title=Text(title) if title else None, show_lines=False)
     for name in fields:
-        table.add_column(name, overflow="fold")
+        table.add_column(Text(name), overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row[f]) for f in fields))
-    Console(file=output.stdout, no_color=output.no_color).print(table)
+        table.add_row(*(Text(_cell(row[f])) for f in fields))
+    Console(file=output.stdout, no_color=output.no_color, emoji=False, markup=False).print(table)

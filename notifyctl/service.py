@@ -115,8 +115,13 @@ def check_data(data: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if not _DATA_KEY.fullmatch(str(key)):
             raise InvalidInput(f"invalid data key {key!r}: use letters, digits and _")
     try:
-        encoded = json.dumps(data, ensure_ascii=False)
-    except (TypeError, ValueError) as e:
+        # NaN/Infinity: SQLite would store them, PostgreSQL's json type refuses them
+        encoded = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    except ValueError as e:
+        if "Out of range float values" not in str(e):
+            raise InvalidInput(f"data is not JSON-serialisable: {e}") from e
+        raise InvalidInput("data holds NaN or Infinity: use numbers, strings or null") from e
+    except TypeError as e:
         raise InvalidInput(f"data is not JSON-serialisable: {e}") from e
     if len(encoded) > 16_384:
         raise InvalidInput("data is larger than 16 kB")

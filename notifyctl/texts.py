@@ -28,15 +28,21 @@ language (``pt-BR`` → ``pt``) and for no locale; then the built-in text.
 
 from __future__ import annotations
 
+import functools
 import html
+import math
 import re
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, nodes
+from jinja2.exceptions import TemplateRuntimeError
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import InvalidInput
@@ -137,9 +143,151 @@ def context(
     }
 
 
+# --- limits: an operator's template must fail fast, never stall a run or fill memory ----
+
+#: wall-clock seconds one rendering may take
+RENDER_SECONDS = 1.0
+#: characters one rendering may produce, and the largest value an operator may build
+MAX_OUTPUT_CHARS = 100_000
+#: the largest integer an operator's arithmetic may build
+_MAX_INT_BITS = 4096
+#: how many loop iterations pass between two clock readings
+_TICK_EVERY = 64
+_limits = threading.local()
+
+
+class TemplateLimitError(TemplateRuntimeError):
+    """A template ran too long or built too much (the reminder fails, the run goes on)."""
+
+
+def _tick() -> None:
+    """Raise when the rendering under way on this thread is past its deadline."""
+    deadline: float | None = getattr(_limits, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise TemplateLimitError(f"template took longer than {RENDER_SECONDS:g} s to render")
+
+
+def _too_big(what: str) -> TemplateLimitError:
+    return TemplateLimitError(f"{what} is over the template limit ({MAX_OUTPUT_CHARS} characters)")
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, str | list | tuple | bytes) else 0
+
+
+def _check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """No width, count or repeat larger than the output may be (``center(10**9)``)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and abs(value) > MAX_OUTPUT_CHARS:
+            raise _too_big(f"an argument of {value.bit_length()} bits")
+
+
+def _check_amplifiers(name: str, subject: Any, args: tuple[Any, ...]) -> None:
+    """Operations whose result outgrows their inputs: replace, join, indent."""
+    if name == "replace" and isinstance(subject, str) and len(args) >= 2:
+        old, new = str(args[0]), str(args[1])
+        hits = len(subject) + 1 if not old else subject.count(old)
+        if len(subject) + hits * max(len(new) - len(old), 0) > MAX_OUTPUT_CHARS:
+            raise _too_big("replace")
+    elif name == "join" and args:
+        items, glue = (subject, args[0]) if not isinstance(subject, str) else (args[0], subject)
+        if _size(items) * _size(glue) > MAX_OUTPUT_CHARS:
+            raise _too_big("join")
+    elif name == "indent" and isinstance(subject, str) and args:
+        lines = subject.count("\n") + 1
+        if lines * max(_size(args[0]), 1) > MAX_OUTPUT_CHARS:
+            raise _too_big("indent")
+
+
+def _guard_filter(name: str, function: Any) -> Any:
+    skip = 1 if getattr(function, "jinja_pass_arg", None) else 0  # context, eval context, env
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        values = args[skip:]
+        _check_arguments(values[1:], kwargs)
+        if values:
+            _check_amplifiers(name, values[0], values[1:])
+        return function(*args, **kwargs)
+
+    return guarded
+
+
+def _loop_guard(iterable: Any) -> Any:
+    """Every ``{% for %}`` iterates through this: it reads the clock now and then."""
+    for index, item in enumerate(iterable):
+        if index % _TICK_EVERY == 0:
+            _tick()
+        yield item
+
+
+class _LimitedEnvironment(SandboxedEnvironment):
+    """The Jinja2 sandbox with a render deadline and bounded values.
+
+    The deadline is read on every call, attribute or item access, operator,
+    filter, loop iteration (each ``for`` is rewritten to iterate through
+    ``_loop_guard``) and piece of output, so no template construct runs long
+    between two readings; ``*``, ``**``, ``+``, ``%`` and the widening
+    filters and methods refuse results over ``MAX_OUTPUT_CHARS``.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.filters = {name: _guard_filter(name, f) for name, f in self.filters.items()}
+        self.globals["_notifyctl_loop"] = _loop_guard
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            guard = nodes.Name("_notifyctl_loop", "load", lineno=loop.lineno)
+            loop.iter = nodes.Call(guard, [loop.iter], [], None, None, lineno=loop.lineno)
+        tree.set_environment(self)
+        return tree
+
+    def call(self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _tick()
+        _check_arguments(args, kwargs)
+        name = getattr(__obj, "__name__", "")
+        _check_amplifiers(name, getattr(__obj, "__self__", None), args)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _tick()
+        return super().getitem(obj, argument)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _tick()
+        both_ints = isinstance(left, int) and isinstance(right, int)
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if _size(seq) and isinstance(times, int) and _size(seq) * times > MAX_OUTPUT_CHARS:
+                    raise _too_big("repeating a value")
+            if both_ints and left.bit_length() + right.bit_length() > _MAX_INT_BITS:
+                raise _too_big("a product")
+        elif operator == "**":
+            if both_ints and abs(left) > 1 and right * math.log2(abs(left)) > _MAX_INT_BITS:
+                raise _too_big("a power")
+        elif operator == "+":
+            if _size(left) + _size(right) > MAX_OUTPUT_CHARS:
+                raise _too_big("joining two values")
+        elif operator == "%" and isinstance(left, str):
+            values = right if isinstance(right, tuple) else (right,)
+            _check_arguments(values, {})
+            if re.search(r"\d{6,}", left):
+                raise _too_big("a format width")
+        return super().call_binop(context, operator, left, right)
+
+
 @cache
 def _environment(autoescape: bool) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
+    env = _LimitedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
     env.globals["relative"] = relative
     return env
 
@@ -150,8 +298,26 @@ def _compile(source: str, autoescape: bool) -> Any:
 
 
 def render(source: str, variables: dict[str, Any], *, html_escape: bool) -> str:
-    """Render one template; Jinja2 errors propagate (the caller fails the reminder)."""
-    return str(_compile(source, html_escape).render(variables)).strip()
+    """Render one template within ``RENDER_SECONDS`` and ``MAX_OUTPUT_CHARS``.
+
+    Jinja2 errors propagate, limits as ``TemplateLimitError`` (the caller fails
+    the reminder, or ``templates check`` reports it).
+    """
+    template = _compile(source, html_escape)
+    outer = getattr(_limits, "deadline", None)
+    _limits.deadline = time.monotonic() + RENDER_SECONDS
+    try:
+        pieces: list[str] = []
+        size = 0
+        for piece in template.generate(variables):
+            size += len(piece)
+            if size > MAX_OUTPUT_CHARS:
+                raise _too_big("the rendered text")
+            _tick()
+            pieces.append(piece)
+        return "".join(pieces).strip()
+    finally:
+        _limits.deadline = outer
 
 
 _TAG = re.compile(r"<[^>]*>")
