@@ -1,0 +1,884 @@
+"""Model-based test of the delivery guarantees (issue 11, SPEC §4 and §5 "Races and faults").
+
+A hypothesis ``RuleBasedStateMachine`` drives random interleavings of create,
+reschedule, replayed create, cancel, dispatch runs (with scripted provider
+outcomes and changes that commit *while* a message is in flight), crashed runs
+(claims never recorded, later rescued) and clock steps against the real store,
+on SQLite and on PostgreSQL, and checks the guarantees after every step.
+
+How it is built
+- The provider is faked at the channel boundary: channel ``model``
+  (tests/model_channel.py) asks ``ReminderModel._provider`` what happens to each
+  message. The answer comes from the run's script: ok, 429, 500, 403, a chat
+  migration, or a timeout after the request left (the message arrived; the
+  engine is told "retry, uncertain"). A script step may also run a reschedule,
+  a replayed create or a cancel synchronously inside ``send``: a change that
+  commits while the message is in flight.
+- Dispatch runs are real ``Dispatcher`` runs with the frozen clock: pacing waits
+  advance it through ``sleep``, and ``monotonic`` is derived from it, so every
+  run is deterministic. ``batch_size=1, concurrency=1`` keeps claim, send and
+  record strictly sequential (a change inside ``send`` never races a record),
+  which makes every failure replayable and shrinkable.
+- A crashed run claims with ``queries.claim_due`` and never records; the
+  messages may or may not have left (``kill -9`` after the request).
+- The model (plain Python) is the oracle. Keys are (booking, kind, person); a
+  person keeps its identity across chat migrations (old address → new address).
+  An *arming* is one scheduled time of one key as ``create`` armed it; a new
+  time (or removing and re-adding) is a new arming. An arming is *required*
+  unless the previous one was already delivered and the new time is not in the
+  future (SPEC: "a sent reminder whose new time is in the future is armed
+  again").
+
+Checked at every delivery: the key is still wanted and its booking active (no
+send after a cancel or removal that committed first), the clock is within
+[scheduled_at, not_after) of its current arming (never early with an old
+retry time, never useless), no second delivery of one arming unless an earlier
+one was uncertain (and then the history holds an uncertain attempt), and the
+text is true when the request leaves (rendered from the booking as stored, at
+that moment). After every step: ``create``'s report matches the rows, rows are
+consistent (no lease outside ``sending``, no row left ``sending`` by a run,
+pending rows follow their arming's times and are never due before their
+scheduled time, one live row per key, nothing live for a cancelled booking),
+and no required arming is lost (it is still live, was delivered, or ended
+failed/expired with a reason). At the end the clock is walked through every
+due time with a healthy provider until every row is final, and the same
+checks run once more.
+
+``NOTIFYCTL_MODEL_EXAMPLES`` (examples per database, default 60) and
+``NOTIFYCTL_MODEL_STEPS`` (steps per example, default 30) make it run longer.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+import tempfile
+import traceback
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+from sqlalchemy import Engine, inspect, select, text
+
+from notifyctl import queries
+from notifyctl.channels import CHANNELS, channel_module
+from notifyctl.channels.base import Message, SendResult
+from notifyctl.config import Settings
+from notifyctl.db import make_engine
+from notifyctl.dispatch import Dispatcher, DispatchOptions, render_for
+from notifyctl.errors import InvalidInput
+from notifyctl.models import Booking, DeliveryAttempt, Notification
+from notifyctl.service import Store, cancel, create_booking
+from tests import model_channel
+from tests.support import FrozenClock
+
+EXAMPLES = int(os.environ.get("NOTIFYCTL_MODEL_EXAMPLES", "60"))
+STEPS = int(os.environ.get("NOTIFYCTL_MODEL_STEPS", "30"))
+MODEL_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+)
+
+N = Notification
+BOOKING_IDS = ("b1", "b2", "b3")
+PERSONS = ("a", "b", "c")  # a person's first address is its name
+KIND_NAMES = ("day_before", "hour_before", "at_start", "before_end")
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")
+LIVE = ("pending", "sending")
+DAYS = (datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 10, 24, tzinfo=UTC))
+LEASE = timedelta(seconds=300)
+
+
+def kind_times(kind: str, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """(scheduled_at, not_after) per SPEC §4, written out independently of notifyctl.kinds."""
+    return {
+        "day_before": (start - timedelta(hours=24), start),
+        "hour_before": (start - timedelta(hours=1), start),
+        "at_start": (start, end),
+        "before_end": (end - timedelta(minutes=5), end),
+    }[kind]
+
+
+# --- the model ------------------------------------------------------------------------
+
+Key = tuple[str, str, str]  # (booking id, kind, person)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    at: datetime
+    notification_id: int
+    uncertain: bool
+    via: str  # "send" (a dispatch run) or "crash" (a run killed after the request left)
+
+
+@dataclass
+class Arming:
+    key: Key
+    gen: int
+    scheduled: datetime
+    not_after: datetime
+    armed_at: datetime
+    required: bool
+    active: bool = True
+    deliveries: list[Delivered] = field(default_factory=list)
+
+    @property
+    def satisfied(self) -> bool:
+        return bool(self.deliveries) or not self.required
+
+    def __str__(self) -> str:
+        booking, kind, person = self.key
+        return (
+            f"{booking}/{kind}/{person} arming #{self.gen} "
+            f"(scheduled {self.scheduled:%m-%d %H:%M:%S}, not after {self.not_after:%m-%d %H:%M:%S}"
+            f", armed {self.armed_at:%m-%d %H:%M:%S}, "
+            f"{'required' if self.required else 'optional'}, delivered {len(self.deliveries)}x)"
+        )
+
+
+@dataclass(frozen=True)
+class CreateArgs:
+    starts_at: datetime
+    ends_at: datetime
+    to: tuple[str, ...]
+    remind: tuple[str, ...]
+    timezone: str
+
+    def moved(self, start: datetime) -> CreateArgs:
+        length = self.ends_at - self.starts_at
+        return CreateArgs(start, start + length, self.to, self.remind, self.timezone)
+
+
+@dataclass
+class BookingModel:
+    args: CreateArgs
+    cancelled: bool = False
+
+
+class Interference(NamedTuple):
+    """A change that commits while a message is in flight."""
+
+    action: str  # reschedule | replay | cancel
+    booking: str  # a booking id, or "same": the booking of the message in flight
+    starts_in: int  # minutes from now (reschedule only)
+
+
+class Step(NamedTuple):
+    """What the provider does with one message (in the order messages are sent)."""
+
+    outcome: str  # ok | 429/<s> | 500 | 403 | migrate | timeout
+    interference: Interference | None = None
+
+
+class Violation(AssertionError):
+    pass
+
+
+# --- strategies -------------------------------------------------------------------------
+
+bookings = st.sampled_from(BOOKING_IDS)
+starts_in = st.one_of(
+    st.sampled_from([30, 59, 60, 61, 90, 1439, 1440, 1441, 1500, 2880]),
+    st.integers(-90, 3 * 24 * 60),
+)
+durations = st.sampled_from([30, 60, 90, 180])
+outcomes = st.sampled_from(
+    ["ok", "ok", "429/1", "429/90", "429/400", "500", "403", "migrate", "timeout"]
+)
+interferences = st.one_of(
+    st.none(),
+    st.builds(
+        Interference,
+        st.sampled_from(["reschedule", "replay", "cancel"]),
+        st.sampled_from(["same", *BOOKING_IDS]),
+        starts_in,
+    ),
+)
+scripts = st.lists(st.builds(Step, outcomes, interferences), max_size=6)
+clock_steps = st.one_of(
+    st.sampled_from([1, 29, 59, 60, 61, 299, 301, 1800, 3599, 3600, 3601, 86_399, 86_400]),
+    st.integers(1, 3 * 86_400),
+)
+
+
+# --- the machine ------------------------------------------------------------------------
+
+
+class ReminderModel(RuleBasedStateMachine):
+    def __init__(self, fresh_engine: Callable[[], Engine]) -> None:
+        super().__init__()
+        self.clock = FrozenClock(DAYS[0])
+        self.store = Store(fresh_engine(), self.clock)
+        self.settings = Settings(database_url=self.store.url)
+        self.bookings: dict[str, BookingModel] = {}
+        self.armings: dict[Key, Arming] = {}
+        self.addresses: dict[str, list[str]] = {p: [p] for p in PERSONS}
+        self.owner: dict[str, str] = {p: p for p in PERSONS}
+        self.crash_tokens: set[str] = set()
+        self.script: list[Step] = []
+        self.violations: list[str] = []
+        self.runs = 0
+        self.healthy = True  # False once a step failed: teardown then skips the drain
+        # per dispatch run
+        self.run_deliveries: list[tuple[Arming, Delivered]] = []
+        self.run_last_send: dict[int, tuple[str, int]] = {}
+        self.run_touched: set[str] = set()
+        model_channel.provider = self._provider
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    @contextmanager
+    def guarded(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.healthy = False
+            raise
+
+    def fail(self, message: str) -> None:
+        self.violations.append(f"[{self.now():%Y-%m-%d %H:%M:%S}] {message}")
+
+    def raise_violations(self) -> None:
+        if self.violations:
+            found, self.violations = self.violations, []
+            raise Violation("\n".join(found))
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.fail(message)
+
+    def person_of(self, recipient: str) -> str:
+        return self.owner[recipient]
+
+    def rows(self) -> list[Any]:
+        with self.store.reader() as conn:
+            return list(
+                conn.execute(
+                    select(N, Booking.external_id, Booking.status.label("booking_status"))
+                    .join(Booking, Booking.id == N.booking_id)
+                    .order_by(N.id)
+                )
+            )
+
+    def key_of(self, row: Any) -> Key:
+        return (row.external_id, row.kind, self.person_of(row.recipient))
+
+    def snapshot(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        with self.store.reader() as conn:
+            booking_rows = [tuple(r) for r in conn.execute(select(Booking).order_by(Booking.id))]
+            reminder_rows = [tuple(r) for r in conn.execute(select(N).order_by(N.id))]
+        return booking_rows, reminder_rows
+
+    def uncertain_attempt_for(self, notification_ids: set[int]) -> bool:
+        with self.store.reader() as conn:
+            found = conn.scalar(
+                select(DeliveryAttempt.id)
+                .where(
+                    DeliveryAttempt.notification_id.in_(notification_ids),
+                    DeliveryAttempt.uncertain.is_(True),
+                )
+                .limit(1)
+            )
+        return found is not None
+
+    def describe(self, key: Key) -> str:
+        lines = [str(self.armings[key])] if key in self.armings else [f"{key}: no arming"]
+        for row in self.rows():
+            if self.key_of(row) == key:
+                lines.append(
+                    f"  row {row.id} to {row.recipient}: {row.status}, scheduled "
+                    f"{row.scheduled_at:%m-%d %H:%M:%S}, due {row.due_at:%m-%d %H:%M:%S}, "
+                    f"updated {row.updated_at:%m-%d %H:%M:%S}, attempts {row.attempts}, "
+                    f"last_error {row.last_error!r}"
+                )
+        return "\n".join(lines)
+
+    # -- create / cancel, with their reports checked against the model and the rows ---------
+
+    def do_create(self, booking_id: str, args: CreateArgs, *, replay: bool = False) -> None:
+        now = self.now()
+        model = self.bookings.get(booking_id)
+        before = self.snapshot()
+        stale = any(
+            r.external_id == booking_id and r.status in LIVE and r.not_after <= now
+            for r in self.rows()
+        )
+        try:
+            result = create_booking(
+                self.store,
+                booking_id,
+                starts_at=args.starts_at,
+                ends_at=args.ends_at,
+                to=list(args.to),
+                remind=list(args.remind),
+                timezone=args.timezone,
+            )
+        except InvalidInput as e:
+            self.check(
+                model is not None and model.cancelled,
+                f"create {booking_id} refused: {e.message}",
+            )
+            self.check(self.snapshot() == before, f"a refused create of {booking_id} wrote")
+            return
+        if model is not None and model.cancelled:
+            self.fail(f"create of cancelled booking {booking_id} accepted: {result.action}")
+            return
+        persons = [self.person_of(to.split(":", 1)[1]) for to in args.to]
+        wanted: dict[Key, tuple[datetime, datetime]] = {}
+        for kind in args.remind:
+            scheduled, not_after = kind_times(kind, args.starts_at, args.ends_at)
+            if not_after > now and scheduled < not_after:
+                for person in persons:
+                    wanted[(booking_id, kind, person)] = (scheduled, not_after)
+        what = f"create {booking_id}{' (replayed)' if replay else ''} reported {result.action}"
+        if model is None:
+            self.check(result.action == "created", what)
+            self.check(result.added == len(wanted), f"{what} added={result.added}/{len(wanted)}")
+        else:
+            moved = (model.args.starts_at, model.args.ends_at) != (args.starts_at, args.ends_at)
+            self.check((result.action == "rescheduled") == moved, f"{what}; times moved: {moved}")
+            if replay and not stale:
+                self.check(result.action == "unchanged", f"{what}, not unchanged")
+        self.check(
+            len(result.skipped) == len(args.remind) * len(persons) - len(wanted),
+            f"{what} skipped {len(result.skipped)}",
+        )
+        if result.action == "unchanged":
+            self.check(self.snapshot() == before, f"{what} but wrote")
+        self.bookings[booking_id] = BookingModel(args)
+        new_keys = self.arm(booking_id, wanted, now)
+        # the report matches the rows: the booking has the new times, re-armed rows are due then
+        with self.store.reader() as conn:
+            booking = conn.execute(select(Booking).where(Booking.external_id == booking_id)).one()
+        self.check(
+            (booking.starts_at, booking.ends_at) == (args.starts_at, args.ends_at),
+            f"{what} but the booking keeps {booking.starts_at}..{booking.ends_at}",
+        )
+        for row in self.rows():
+            if row.external_id == booking_id and row.status == "pending":
+                key = self.key_of(row)
+                if key in new_keys and row.due_at != row.scheduled_at:
+                    self.fail(f"{what}: re-armed row {row.id} not due at its new time")
+
+    def arm(
+        self, booking_id: str, wanted: dict[Key, tuple[datetime, datetime]], now: datetime
+    ) -> set[Key]:
+        """The model's side of create: which armings end, stay, or start."""
+        for key, arming in self.armings.items():
+            if key[0] == booking_id and arming.active and key not in wanted:
+                arming.active = False
+        new_keys: set[Key] = set()
+        for key, (scheduled, not_after) in wanted.items():
+            previous = self.armings.get(key)
+            if (
+                previous is not None
+                and previous.active
+                and (previous.scheduled, previous.not_after) == (scheduled, not_after)
+            ):
+                continue
+            required = previous is None or scheduled > now or not previous.satisfied
+            self.armings[key] = Arming(
+                key,
+                previous.gen + 1 if previous else 1,
+                scheduled,
+                not_after,
+                now,
+                required,
+            )
+            new_keys.add(key)
+        return new_keys
+
+    def do_cancel(self, booking_id: str) -> None:
+        model = self.bookings.get(booking_id)
+        result = cancel(self.store, [booking_id], missing_ok=True)
+        self.check(
+            result.bookings == (model is not None),
+            f"cancel {booking_id}: {result.as_dict()}",
+        )
+        if model is not None:
+            model.cancelled = True
+            for key, arming in self.armings.items():
+                if key[0] == booking_id:
+                    arming.active = False
+
+    # -- deliveries --------------------------------------------------------------------------
+
+    def deliver(self, key: Key, notification_id: int, *, uncertain: bool, via: str) -> None:
+        now = self.now()
+        arming = self.armings.get(key)
+        if arming is None or not arming.active:
+            self.fail(
+                f"{via}: reminder {notification_id} {key} delivered after its booking was "
+                f"cancelled or the reminder removed\n{self.describe(key)}"
+            )
+            return
+        if now >= arming.not_after:
+            self.fail(f"{via}: {arming} delivered after not_after")
+        if now < arming.scheduled:
+            self.fail(f"{via}: reminder {notification_id} delivered early: {arming}")
+        if arming.deliveries and not any(d.uncertain for d in arming.deliveries):
+            self.fail(
+                f"{via}: reminder {notification_id} delivered twice for one arming: {arming}, "
+                f"first {arming.deliveries[0]}"
+            )
+        delivered = Delivered(now, notification_id, uncertain, via)
+        arming.deliveries.append(delivered)
+        self.run_deliveries.append((arming, delivered))
+
+    def check_text(self, message: Message) -> None:
+        """The text must be true now: rendered from the booking as stored, at this moment."""
+        with self.store.reader() as conn:
+            booking = conn.execute(
+                select(Booking).where(Booking.external_id == message.booking_id)
+            ).one()
+        rendered, _ = render_for(
+            booking, message.kind, "model", message.recipient, self.now(), None
+        )
+        self.check(
+            message.text == rendered.text,
+            f"false text for reminder {message.notification_id}: sent {message.text!r}, "
+            f"true when sent: {rendered.text!r}",
+        )
+        self.check(
+            message.payload.get("starts_at") == booking.starts_at.isoformat(),
+            f"payload starts_at {message.payload.get('starts_at')} != {booking.starts_at}",
+        )
+
+    def _provider(self, message: Message) -> SendResult:
+        try:
+            return self._provide(message)
+        except Exception as e:  # a violation or a test bug: report it after the run
+            self.fail(f"provider raised {type(e).__name__}: {e}\n{traceback.format_exc()}")
+            return SendResult.failed("model provider error")
+
+    def _provide(self, message: Message) -> SendResult:
+        person = self.person_of(message.recipient)
+        current = self.addresses[person][-1]
+        if message.recipient != current:  # what Telegram answers for a migrated group
+            return SendResult.moved(current, "Bad Request: group chat was upgraded", 400)
+        self.check_text(message)
+        step = self.script.pop(0) if self.script else Step("ok")
+        with self.store.reader() as conn:
+            attempts = conn.scalar(select(N.attempts).where(N.id == message.notification_id))
+        self.run_last_send[message.notification_id] = (step.outcome, attempts or 0)
+        key = (message.booking_id, message.kind, person)
+        if step.outcome in ("ok", "timeout"):
+            self.deliver(
+                key, message.notification_id, uncertain=step.outcome == "timeout", via="send"
+            )
+        result: SendResult
+        if step.outcome == "ok":
+            result = SendResult.sent(str(uuid.uuid4().int % 10**9), 200)
+        elif step.outcome == "timeout":
+            result = SendResult.retry("read timeout after the request was sent", uncertain=True)
+        elif step.outcome.startswith("429/"):
+            seconds = int(step.outcome.split("/")[1])
+            result = SendResult.retry_after_seconds(
+                seconds, f"Too Many Requests: retry after {seconds}", 429
+            )
+        elif step.outcome == "500":
+            result = SendResult.retry("Internal Server Error", 500)
+        elif step.outcome == "403":
+            result = SendResult.failed("Forbidden: bot was blocked by the user", 403)
+        else:
+            assert step.outcome == "migrate"
+            new = f"{person}.{len(self.addresses[person])}"
+            self.addresses[person].append(new)
+            self.owner[new] = person
+            result = SendResult.moved(new, "Bad Request: group chat was upgraded", 400)
+        if step.interference is not None:
+            self.interfere(step.interference, message.booking_id)
+        return result
+
+    def interfere(self, change: Interference, in_flight: str) -> None:
+        booking_id = in_flight if change.booking == "same" else change.booking
+        self.run_touched.add(booking_id)
+        if change.action == "cancel":
+            self.do_cancel(booking_id)
+            return
+        model = self.bookings.get(booking_id)
+        if model is None:
+            return
+        if change.action == "replay":
+            self.do_create(booking_id, model.args, replay=True)
+        else:
+            start = self.now() + timedelta(minutes=change.starts_in)
+            self.do_create(booking_id, model.args.moved(start))
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def dispatch(self, script: list[Step], rate: float, max_attempts: int) -> None:
+        self.runs += 1
+        self.script = list(script)
+        self.run_deliveries, self.run_last_send, self.run_touched = [], {}, set()
+        superseded = self.superseded_now()
+        epoch = self.now()
+        report = Dispatcher(
+            self.store,
+            self.settings,
+            DispatchOptions(
+                batch_size=1,
+                concurrency=1,
+                max_seconds=50,
+                lease_seconds=LEASE.total_seconds(),
+                max_attempts=max_attempts,
+                backoff_base=30,
+                rate_limit=rate,
+            ),
+            stdout=io.StringIO(),
+            rng=random.Random(self.runs),
+            sleep=self.clock.sleep,
+            monotonic=lambda: (self.clock() - epoch).total_seconds(),
+        ).run()
+        self.check(report.exit_code == 0, f"dispatch exit {report.exit_code}: {report.error}")
+        self.raise_violations()
+        # superseding: of several due in one run, only the latest is sent
+        for arming, delivered in self.run_deliveries:
+            if delivered.notification_id in superseded:
+                self.fail(f"superseded reminder {delivered.notification_id} sent: {arming}")
+            if delivered.uncertain and not self.uncertain_attempt_for({delivered.notification_id}):
+                self.fail(f"timeout of reminder {delivered.notification_id} not marked uncertain")
+            if len(arming.deliveries) > 1 and not self.uncertain_attempt_for(
+                {d.notification_id for d in arming.deliveries}
+            ):
+                self.fail(f"{arming} delivered again without an uncertain attempt in history")
+        # 429 and a moved chat give the attempt back
+        by_id = {row.id: row for row in self.rows()}
+        for notification_id, (outcome, claimed) in self.run_last_send.items():
+            row = by_id.get(notification_id)
+            given_back = outcome.startswith("429/") or outcome == "migrate"
+            if (
+                given_back
+                and row is not None
+                and row.status == "pending"
+                and row.external_id not in self.run_touched
+            ):
+                self.check(
+                    row.attempts == claimed - 1,
+                    f"{outcome} for reminder {notification_id} counted as an attempt "
+                    f"({row.attempts} after, {claimed} while sending)",
+                )
+        self.raise_violations()
+
+    def superseded_now(self) -> set[int]:
+        """Reminders due now that a later one of the same booking and recipient supersedes."""
+        now = self.now()
+        groups: dict[tuple[int, str, str], list[Any]] = defaultdict(list)
+        for row in self.rows():
+            groups[(row.booking_id, row.channel, row.recipient)].append(row)
+        found: set[int] = set()
+        for rows in groups.values():
+            for row in rows:
+                if row.status != "pending" or row.due_at > now:
+                    continue
+                if any(
+                    later.scheduled_at > row.scheduled_at
+                    and (later.status == "sent" or (later.status in LIVE and later.due_at <= now))
+                    for later in rows
+                ):
+                    found.add(row.id)
+        return found
+
+    # -- rules -------------------------------------------------------------------------------
+
+    @initialize(day=st.sampled_from(DAYS), minute=st.integers(0, 24 * 60 - 1))
+    def start_clock(self, day: datetime, minute: int) -> None:
+        self.clock.set(day + timedelta(minutes=minute))
+
+    @rule(
+        booking=bookings,
+        starts_in=starts_in,
+        minutes=durations,
+        persons=st.lists(st.sampled_from(PERSONS), min_size=1, max_size=3, unique=True),
+        kinds=st.lists(st.sampled_from(KIND_NAMES), min_size=1, max_size=4, unique=True),
+        zone=st.sampled_from(ZONES),
+        current_address=st.booleans(),
+    )
+    def create(
+        self,
+        booking: str,
+        starts_in: int,
+        minutes: int,
+        persons: list[str],
+        kinds: list[str],
+        zone: str,
+        current_address: bool,
+    ) -> None:
+        with self.guarded():
+            start = self.now() + timedelta(minutes=starts_in)
+            to = tuple(f"model:{self.addresses[p][-1] if current_address else p}" for p in persons)
+            args = CreateArgs(start, start + timedelta(minutes=minutes), to, tuple(kinds), zone)
+            self.do_create(booking, args)
+            self.raise_violations()
+
+    @rule(booking=bookings, starts_in=starts_in)
+    def reschedule(self, booking: str, starts_in: int) -> None:
+        with self.guarded():
+            if booking in self.bookings:
+                start = self.now() + timedelta(minutes=starts_in)
+                self.do_create(booking, self.bookings[booking].args.moved(start))
+                self.raise_violations()
+
+    @rule(booking=bookings)
+    def replay(self, booking: str) -> None:
+        with self.guarded():
+            if booking in self.bookings:
+                self.do_create(booking, self.bookings[booking].args, replay=True)
+                self.raise_violations()
+
+    @rule(booking=bookings)
+    def cancel_booking(self, booking: str) -> None:
+        with self.guarded():
+            self.do_cancel(booking)
+            self.raise_violations()
+
+    @rule(
+        script=scripts,
+        rate=st.sampled_from([25.0, 1.0, 1 / 60]),
+        max_attempts=st.sampled_from([10, 2]),
+    )
+    def run_dispatch(self, script: list[Step], rate: float, max_attempts: int) -> None:
+        with self.guarded():
+            self.dispatch(script, rate, max_attempts)
+
+    @rule(limit=st.integers(1, 4), sent=st.booleans())
+    def crashed_run(self, limit: int, sent: bool) -> None:
+        """A run claims, (maybe) sends, and is killed before it records anything."""
+        with self.guarded():
+            token = str(uuid.uuid4())
+            self.crash_tokens.add(token)
+            self.run_deliveries = []
+            with self.store.transaction() as conn:
+                claimed = queries.claim_due(conn, self.now(), limit, token, LEASE)
+                booking_ids = {
+                    b.id: b.external_id
+                    for b in conn.execute(select(Booking.id, Booking.external_id))
+                }
+            if sent:
+                for row in claimed:
+                    person = self.person_of(row.recipient)
+                    if row.recipient == self.addresses[person][-1]:
+                        key = (booking_ids[row.booking_id], row.kind, person)
+                        self.deliver(key, row.id, uncertain=True, via="crash")
+            for arming, _ in self.run_deliveries:
+                if len(arming.deliveries) > 1 and not self.uncertain_attempt_for(
+                    {d.notification_id for d in arming.deliveries[:-1]}
+                ):
+                    self.fail(f"{arming} delivered again without an uncertain attempt")
+            self.raise_violations()
+
+    @rule(seconds=clock_steps)
+    def advance(self, seconds: int) -> None:
+        self.clock.advance(seconds)
+
+    @rule(extra=st.sampled_from([0, 1, 61]))
+    def advance_to_next_due(self, extra: int) -> None:
+        with self.guarded():
+            upcoming = self.next_event(strictly_after=self.now())
+            if upcoming is not None:
+                self.clock.set(upcoming + timedelta(seconds=extra))
+
+    def next_event(self, strictly_after: datetime) -> datetime | None:
+        """The next moment something happens to a live row: due, useless, or lease over."""
+        times = []
+        for row in self.rows():
+            if row.status == "pending":
+                times += [row.due_at, row.not_after]
+            elif row.status == "sending" and row.lease_expires_at is not None:
+                times.append(row.lease_expires_at)
+        later = [t for t in times if t > strictly_after]
+        return min(later) if later else None
+
+    # -- invariants ------------------------------------------------------------------------------
+
+    @invariant()
+    def store_is_consistent(self) -> None:
+        with self.guarded():
+            self.check_rows(final=False)
+            self.raise_violations()
+
+    def check_rows(self, *, final: bool) -> None:
+        rows = self.rows()
+        live: dict[Key, list[Any]] = defaultdict(list)
+        by_key: dict[Key, list[Any]] = defaultdict(list)
+        for row in rows:
+            key = self.key_of(row)
+            by_key[key].append(row)
+            if row.status == "sending":
+                self.check(
+                    row.lease_token is not None and row.lease_expires_at is not None,
+                    f"row {row.id} sending without a lease",
+                )
+                self.check(
+                    row.lease_token in self.crash_tokens,
+                    f"row {row.id} left sending by a dispatch run that ended\n{self.describe(key)}",
+                )
+            else:
+                self.check(row.lease_token is None, f"row {row.id} {row.status} keeps a lease")
+            if row.status in LIVE:
+                live[key].append(row)
+                self.check(
+                    row.booking_status == "active",
+                    f"row {row.id} {row.status} for cancelled booking {row.external_id}",
+                )
+            if row.status == "pending":
+                arming = self.armings.get(key)
+                if arming is None or not arming.active:
+                    self.fail(f"row {row.id} pending for a removed reminder\n{self.describe(key)}")
+                    continue
+                if (row.scheduled_at, row.not_after) != (arming.scheduled, arming.not_after):
+                    self.fail(
+                        f"row {row.id} pending on old times (reschedule not applied)\n"
+                        f"{self.describe(key)}"
+                    )
+                elif row.due_at < arming.scheduled:
+                    self.fail(
+                        f"row {row.id} due {row.due_at:%m-%d %H:%M:%S} before its scheduled "
+                        f"time (an old retry time?)\n{self.describe(key)}"
+                    )
+        for key, rows_of_key in live.items():
+            if len(rows_of_key) > 1:
+                self.fail(f"{len(rows_of_key)} live rows for one reminder\n{self.describe(key)}")
+        for key, arming in self.armings.items():
+            if not arming.active or arming.satisfied:
+                continue
+            rows_of_key = by_key.get(key, [])
+            if final:
+                self.check(not live.get(key), f"still live at the end\n{self.describe(key)}")
+            if live.get(key):
+                continue
+            if any(
+                r.status in ("failed", "expired")
+                and r.last_error
+                and r.updated_at >= arming.armed_at
+                for r in rows_of_key
+            ):
+                continue
+            self.fail(f"lost: never delivered, nothing left to send it\n{self.describe(key)}")
+
+    # -- the end: deliver everything still due, then check that nothing was lost -----------------
+
+    def teardown(self) -> None:
+        try:
+            if self.healthy:
+                self.drain()
+        finally:
+            model_channel.provider = None
+
+    def drain(self) -> None:
+        for _ in range(400):
+            self.dispatch([], 25.0, 10)
+            self.check_rows(final=False)
+            self.raise_violations()
+            upcoming = self.next_event(strictly_after=self.now())
+            if upcoming is None:
+                if not any(r.status in LIVE for r in self.rows()):
+                    break
+                upcoming = self.now() + timedelta(seconds=1)
+            self.clock.set(upcoming)
+        self.check_rows(final=True)
+        self.raise_violations()
+
+
+# --- fresh stores per example -----------------------------------------------------------------
+
+
+class FreshStores:
+    """A clean, migrated store for each example: a copy of the SQLite template, or the
+    test's PostgreSQL database with every table emptied (whatever tables a later
+    migration adds)."""
+
+    def __init__(self, database_url: str, sqlite_template: Path, workdir: Path) -> None:
+        self.database_url = database_url
+        self.sqlite = database_url.startswith("sqlite")
+        self.template = sqlite_template
+        self.workdir = workdir
+        self.engine: Engine | None = None
+        self.path: Path | None = None
+        self.count = 0
+        self.tables: list[str] = []
+
+    def __call__(self) -> Engine:
+        self.count += 1
+        if self.sqlite:
+            self.close()
+            self.path = self.workdir / f"model-{self.count}.db"
+            shutil.copy(self.template, self.path)
+            self.engine = make_engine(f"sqlite:///{self.path}", create_file=False)
+            return self.engine
+        if self.engine is None:
+            self.engine = make_engine(self.database_url, create_file=False)
+            names = inspect(self.engine).get_table_names()
+            self.tables = [t for t in names if t != "alembic_version"]
+        with self.engine.begin() as conn:
+            tables = ", ".join(f'"{t}"' for t in self.tables)
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+        if self.path is not None:
+            for path in self.workdir.glob(f"{self.path.name}*"):
+                path.unlink()
+            self.path = None
+
+
+@pytest.fixture
+def model_provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setitem(CHANNELS, "model", "tests.model_channel")
+    channel_module.cache_clear()
+    yield
+    model_channel.provider = None
+    channel_module.cache_clear()
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    """Where the per-example SQLite copies live: tmpfs when there is one (many commits)."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="notifyctl-model-", dir=shm))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_delivery_guarantees_hold_under_random_interleavings(
+    database_url: str, sqlite_template: Path, scratch: Path, model_provider: None
+) -> None:
+    stores = FreshStores(database_url, sqlite_template, scratch)
+    try:
+        run_state_machine_as_test(lambda: ReminderModel(stores), settings=MODEL_SETTINGS)
+    finally:
+        stores.close()
