@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, TextIO
 
-from .config import redact
+from .config import clip, redact
 from .errors import InvalidInput, shown
 from .service import BookingInput, booking_input
 
@@ -103,7 +103,7 @@ def _csv_records(
         raise InvalidInput(f"line 1: invalid CSV header: {e}") from e
     unknown = set(fieldnames) - set(KEYS)
     if unknown:
-        names = ", ".join(shown(n, 40) for n in sorted(unknown)[:10])
+        names = ", ".join(clip(n, 40) for n in sorted(unknown)[:10])
         raise InvalidInput(f"unknown CSV column(s): {names}")
     rows = iter(reader)
     while True:
@@ -133,7 +133,7 @@ def _to_input(
 ) -> BookingInput:
     unknown = set(record) - set(KEYS)
     if unknown:
-        names = ", ".join(shown(n, 40) for n in sorted(unknown)[:10])
+        names = ", ".join(clip(n, 40) for n in sorted(unknown)[:10])
         raise InvalidInput(f"unknown key(s): {names}")
     merged = {**{k: v for k, v in defaults.items() if v not in (None, [], ())}, **record}
     if "booking_id" not in merged:
