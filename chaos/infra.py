@@ -332,6 +332,16 @@ def restart_postgres() -> None:
     pg_ready(60)
 
 
+def ensure_postgres_running() -> None:
+    """After an interrupted restart: start every local cluster that is down."""
+    if subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"], check=False).returncode == 0:
+        return
+    for version in sorted(p.name for p in Path("/etc/postgresql").iterdir()):
+        sh("pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start", check=False)
+    with contextlib.suppress(ChaosError):
+        pg_ready(60)
+
+
 class SqliteLockHolder:
     """Another process holding SQLite's write lock (BEGIN IMMEDIATE + a write) for a while."""
 

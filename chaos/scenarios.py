@@ -43,6 +43,7 @@ from chaos.infra import (
     SqliteLockHolder,
     Store,
     clean_env,
+    ensure_postgres_running,
     log,
     make_hosts,
     make_store,
@@ -63,6 +64,8 @@ KIND_WEIGHTS = (0.5, 0.25, 0.25)
 BOOKING_LENGTH = 1800.0
 STALE_TEXT_S = 60.0  # relative words rendered this long before delivery are false
 EARLY_TOLERANCE_S = 1.0
+# a request that reached the fake this soon after not_after left before it (loopback + parse)
+NOT_AFTER_TOLERANCE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -385,6 +388,7 @@ class Run:
             for k in range(restarts):
                 at = begin + (k + 1) * s.main_s / (restarts + 1) + self.rng.uniform(-1.5, 1.5)
                 time.sleep(max(0.0, at - time.time()))
+                self.cleanup.callback(ensure_postgres_running)
                 log(f"{self.sc.name}: restarting PostgreSQL")
                 t0 = time.time()
                 restart_postgres()
@@ -583,7 +587,7 @@ class Run:
                     f"{booking.booking_id}: text rendered {t - rendered:.0f} s before delivery "
                     "(stale relative words)"
                 )
-            if versions and t > max(v.start for v in versions):
+            if versions and t > max(v.start for v in versions) + NOT_AFTER_TOLERANCE_S:
                 r.after_not_after += 1
                 r.details.append(
                     f"{booking.booking_id}: sent {t - max(v.start for v in versions):.1f} s "
@@ -634,9 +638,9 @@ class Run:
                 f"start {iso(final.start)}"
             )
         if self.sc.fault == "reschedule":
-            versions = sum(len(b.versions) - 1 for b in self.truth.values())
+            moves = sum(len(b.versions) - 1 for b in self.truth.values())
             cancels = sum(1 for b in self.truth.values() if b.cancel is not None)
-            r.notes.append(f"{versions} reschedules and {cancels} cancels during the sends")
+            r.notes.append(f"{moves} reschedules and {cancels} cancels during the sends")
         codes = Counter(p.returncode for p in self.procs if p.label not in self.faulted)
         r.internal_errors = codes.get(1, 0)
         r.notes.append(
