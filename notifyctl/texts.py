@@ -149,6 +149,8 @@ def context(
 RENDER_SECONDS = 1.0
 #: characters one rendering may produce, and the largest value an operator may build
 MAX_OUTPUT_CHARS = 100_000
+#: a ``%`` conversion with a width or precision of six digits or more
+_WIDE_FORMAT = re.compile(r"%[-#0 +]*(?:\d{6,}|\d*\.\d{6,})")
 #: the largest integer an operator's arithmetic may build
 _MAX_INT_BITS = 4096
 #: how many loop iterations pass between two clock readings
@@ -280,7 +282,7 @@ class _LimitedEnvironment(SandboxedEnvironment):
         elif operator == "%" and isinstance(left, str):
             values = right if isinstance(right, tuple) else (right,)
             _check_arguments(values, {})
-            if re.search(r"\d{6,}", left):
+            if _WIDE_FORMAT.search(left):
                 raise _too_big("a format width")
         return super().call_binop(context, operator, left, right)
 
