@@ -297,35 +297,52 @@ class Dispatcher:
         lease = timedelta(seconds=self.options.lease_seconds)
         # a send must start well before the lease runs out, or a rescuer may resend it
         lease_s = self.options.lease_seconds
-        margin = timedelta(seconds=min(lease_s / 2, lease_s * 0.2 + self.context.read_timeout))
-        with ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="send") as pool:
-            while self.monotonic() - started < self.options.max_seconds:
-                now = self.clock()
-                token = str(uuid.uuid4())
-                with self.store.transaction() as conn:
-                    rows = queries.claim_due(
-                        conn, now, self.options.batch_size, token, lease, self._disabled_now()
-                    )
-                    bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
-                if not rows:
-                    return
-                report.claimed += len(rows)
-                claims = [
-                    Claim(
-                        row.id,
-                        token,
-                        row.channel,
-                        row.recipient,
-                        row.kind,
-                        row.attempts,
-                        row.not_after,
-                        now + lease - margin,
-                        now + lease,
-                    )
-                    for row in rows
-                ]
-                snapshot = (self.monotonic(), bookings)
-                self._send_batch(pool, claims, [r.booking_id for r in rows], snapshot, report)
+        margin = timedelta(seconds=min(lease_s / 2, lease_s * 0.2 + self.context.send_deadline))
+        pool = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="send")
+        try:
+            self._claim_and_send(pool, report, started, lease, margin)
+        finally:  # a send stuck past every deadline is not waited for
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _claim_and_send(
+        self,
+        pool: ThreadPoolExecutor,
+        report: RunReport,
+        started: float,
+        lease: timedelta,
+        margin: timedelta,
+    ) -> None:
+        # No send starts after the budget: a run ends within --max-seconds plus one
+        # send deadline, whatever receivers and pacing waits do.
+        budget_end = self.clock() + timedelta(seconds=self.options.max_seconds)
+        while self.monotonic() - started < self.options.max_seconds:
+            now = self.clock()
+            token = str(uuid.uuid4())
+            with self.store.transaction() as conn:
+                rows = queries.claim_due(
+                    conn, now, self.options.batch_size, token, lease, self._disabled_now()
+                )
+                bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
+            if not rows:
+                return
+            report.claimed += len(rows)
+            send_by = min(now + lease - margin, budget_end)
+            claims = [
+                Claim(
+                    row.id,
+                    token,
+                    row.channel,
+                    row.recipient,
+                    row.kind,
+                    row.attempts,
+                    row.not_after,
+                    send_by,
+                    now + lease,
+                )
+                for row in rows
+            ]
+            snapshot = (self.monotonic(), bookings)
+            self._send_batch(pool, claims, [r.booking_id for r in rows], snapshot, report)
 
     def _disabled_now(self) -> list[str]:
         with self._lock:
@@ -352,13 +369,37 @@ class Dispatcher:
         for key, count in Counter(c.pacing_key for _, c, _ in ready).items():
             self._pacer.expect(key, count)
         futures = {
-            pool.submit(self._send, claim, channel, booking, taken_at)
+            pool.submit(self._send, claim, channel, booking, taken_at): claim
             for claim, channel, booking in ready
         }
         if unsent:
             self._record(unsent, report)
-        for group in _completed(futures):
+        for group in self._completed(futures):
             self._record(group, report)
+
+    def _completed(self, futures: dict[Future[Returned], Claim]) -> Iterator[list[Returned]]:
+        """The sends that have returned, in groups: whatever finished since the last look.
+
+        A send still out a whole send deadline after the claim's last moment to
+        start is abandoned: it may have gone out, so it becomes a retry marked
+        uncertain (channels end their own sends at the deadline; this is the
+        backstop for one that does not).
+        """
+        pending = set(futures)
+        deadline = self.context.send_deadline
+        while pending:
+            latest = max(futures[f].send_by for f in pending) + timedelta(seconds=deadline)
+            wait_s = (latest - self.clock()).total_seconds()
+            done, pending = wait(pending, max(0.0, wait_s), FIRST_COMPLETED)
+            if not done:
+                now = self.clock()
+                abandoned = SendResult.retry(
+                    f"no answer within the send deadline ({deadline:g} s): it may have gone out",
+                    uncertain=True,
+                )
+                yield [Attempted(futures[f], abandoned, now, now) for f in pending]
+                return
+            yield [future.result() for future in done]
 
     def _prepare(self, claim: Claim) -> Channel | NotSent:
         """The claim's channel, or what becomes of it when there is none to send on."""
@@ -565,14 +606,6 @@ def _outcome_values(outcome: Outcome, result: SendResult | None, now: datetime) 
     if outcome.due_at is not None:
         values["due_at"] = outcome.due_at
     return values
-
-
-def _completed(futures: set[Future[Returned]]) -> Iterator[list[Returned]]:
-    """The sends that have returned, in groups: whatever finished since the last look."""
-    pending = set(futures)
-    while pending:
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        yield [future.result() for future in done]
 
 
 def _attempt_row(sent: Attempted, run_id: int | None, outcome: str) -> dict[str, Any]:

@@ -8,8 +8,10 @@ database is locked, while a run waits for its pacing slot.
 
 from __future__ import annotations
 
+import io
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,10 +21,12 @@ from sqlalchemy import select, update
 
 from notifyctl import db as notifyctl_db
 from notifyctl import queries
+from notifyctl.channels.base import SendResult
+from notifyctl.config import Settings
 from notifyctl.db import make_engine
-from notifyctl.dispatch import render_for
+from notifyctl.dispatch import Dispatcher, DispatchOptions, render_for
 from notifyctl.errors import DatabaseError
-from notifyctl.models import Booking, DispatchRun, Notification, Reason, Status
+from notifyctl.models import Booking, DeliveryAttempt, DispatchRun, Notification, Reason, Status
 from notifyctl.pacing import SharedSlots
 from notifyctl.service import Store, cancel, create_booking, reconcile
 from tests.fakes.telegram import FakeTelegram, error, migrated
@@ -152,7 +156,7 @@ def test_text_is_rendered_after_the_pacing_wait(
     remind(store, "b1", "12345", starts_in=timedelta(minutes=46))  # hour_before is due
     sent_at: list[datetime] = []
     session = AfterSession(lambda: sent_at.append(clock()))
-    run = dispatcher(store, clock, tg.api_url, http_session=session)
+    run = dispatcher(store, clock, tg.api_url, http_session=session, max_seconds=120)
     key = run._channel("telegram").pacing_key
     with store.transaction() as conn:  # another host's 429 paused the bot for 90 s
         queries.ensure_pacing_row(conn, key, clock())
@@ -188,7 +192,8 @@ def test_a_reminder_sent_after_midnight_never_says_tomorrow_about_today(
     sent_at: list[datetime] = []
     session = AfterSession(lambda: sent_at.append(clock()))
     # one sender thread: the frozen clock moves only by this run's own pacing waits
-    dispatcher(store, clock, tg.api_url, http_session=session, concurrency=1).run()
+    run = dispatcher(store, clock, tg.api_url, http_session=session, concurrency=1, max_seconds=120)
+    run.run()
 
     texts = [m.text for m in tg.sent()]
     assert len(texts) == 22
@@ -493,3 +498,59 @@ def test_rearm_revokes_the_lease_of_a_reminder_in_flight(store: Store, clock: Fr
     with store.transaction() as conn:
         won = queries.record_outcome(conn, row["id"], "run-a", {"status": Status.SENT})
     assert won is False
+
+
+# --- the run stops waiting for a send that ignores every deadline -----------------------
+
+
+@pytest.fixture
+def probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from notifyctl.channels import CHANNELS, channel_module
+    from tests import probe_channel
+
+    monkeypatch.setitem(CHANNELS, "probe", "tests.probe_channel")
+    channel_module.cache_clear()
+    probe_channel.sent.clear()
+    probe_channel.script.clear()
+    yield probe_channel
+    probe_channel.script.clear()
+    channel_module.cache_clear()
+
+
+@sqlite_only
+def test_a_send_stuck_past_its_deadline_is_abandoned_as_uncertain(store: Store, probe: Any) -> None:
+    store.clock = lambda: datetime.now(UTC)  # real time: the stuck send holds a real thread
+    start = store.clock() + timedelta(minutes=30)
+    create_booking(
+        store,
+        "b1",
+        starts_at=start,
+        ends_at=start + timedelta(hours=1),
+        to=["probe:stuck", "probe:fine"],
+        remind=["hour_before"],
+    )
+    release = threading.Event()
+
+    def stuck(message: Any) -> Any:
+        release.wait(30)
+        return SendResult.sent("late")
+
+    probe.script.extend([stuck])
+    settings = Settings(database_url=str(store.engine.url), send_deadline=0.2)
+    run = Dispatcher(
+        store, settings, DispatchOptions(max_seconds=0.3, concurrency=2), stdout=io.StringIO()
+    )
+
+    report = run.run()
+    release.set()
+
+    assert report.exit_code == 0
+    assert report.sent == 1
+    assert report.retried == 1
+    with store.reader() as conn:
+        rows = {r.recipient: r for r in conn.execute(select(N))}
+        [attempt] = [a for a in conn.execute(select(DeliveryAttempt)) if a.uncertain]
+    assert rows["stuck"].status == Status.PENDING
+    assert rows["fine"].status == Status.SENT
+    assert attempt.notification_id == rows["stuck"].id
+    assert "send deadline" in (attempt.error or "")
