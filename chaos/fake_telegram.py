@@ -36,6 +36,11 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a killed or cut-off dispatcher hung up: expected here
+        super().handle_error(request, client_address)
+
 
 class Recorder:
     """Appends deliveries to a JSON Lines file, each flushed and fsync'ed."""

@@ -447,7 +447,7 @@ class Run:
             else:
                 far = rng.random() < 0.1
                 scheduled = math.floor(
-                    now + (86400 if far else rng.uniform(2, max(3.0, self.main_end - now - 3)))
+                    now + (86400 if far else rng.uniform(4, max(5.0, self.main_end - now - 3)))
                 )
                 self.reschedule(booking, scheduled + booking.offset)
             time.sleep(rng.uniform(0.1, 0.5))
@@ -624,6 +624,15 @@ class Run:
             if final.start - booking.offset > self.main_end:
                 continue  # not due during the run
             if by_arming.get((booking.booking_id, final.start)):
+                continue
+            delivered_before = any(key[0] == booking.booking_id for key in by_arming)
+            if delivered_before and final.start - booking.offset <= final.end:
+                # moved to a time not in the future when the create committed: a sent
+                # reminder is re-armed only for a future time (SPEC §5 create)
+                r.details.append(
+                    f"{booking.booking_id}: moved to a time already due at commit after a "
+                    "delivery: not re-armed (allowed)"
+                )
                 continue
             row = rows.get(booking.booking_id)
             status, last_error = (row[1], row[2]) if row else ("missing", None)
