@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  - {note}")
         shown = r.details[:25]
         for d in shown:
-            print(f"  ! {d}")
+            print(f"  {'·' if d.endswith('(allowed)') else '!'} {d}")
         if len(r.details) > len(shown):
             print(f"  ! … and {len(r.details) - len(shown)} more")
     if any(r.error for r in results):

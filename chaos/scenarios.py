@@ -345,7 +345,7 @@ class Run:
         fault.start()
         ops: list[threading.Thread] = []
         if self.sc.fault == "reschedule":
-            for k in range(2):
+            for k in range(3):
                 ops.append(threading.Thread(target=self.ops_thread, args=(k,), daemon=True))
                 ops[-1].start()
         n = 0
@@ -450,7 +450,7 @@ class Run:
                     now + (86400 if far else rng.uniform(4, max(5.0, self.main_end - now - 3)))
                 )
                 self.reschedule(booking, scheduled + booking.offset)
-            time.sleep(rng.uniform(0.1, 0.5))
+            time.sleep(rng.uniform(0.05, 0.3))
 
     def reschedule(self, booking: BookingTruth, start: float) -> None:
         if any(v.start == start for v in booking.versions):
@@ -495,12 +495,18 @@ class Run:
     def drain(self) -> None:
         """Cron goes on, without faults, until nothing is in flight or overdue."""
         s = self.size
-        deadline = time.time() + s.lease_s * 2 + 60
+        began = time.time()
+        deadline = began + s.lease_s * 2 + 60
         n = 0
+        slow_noted = False
         while True:
             busy = self.store_busy()
             if busy == 0 and not self.running():
+                self.result.notes.append(f"drained in {time.time() - began:.0f} s")
                 return
+            if not slow_noted and time.time() > began + s.lease_s + 20:
+                slow_noted = True
+                self.result.details.append(f"slow drain: {self.busy_rows()}")
             if time.time() > deadline:
                 self.result.details.append(
                     f"drain deadline passed with {busy} reminder(s) sending or overdue"
@@ -510,6 +516,23 @@ class Run:
                 self.start_dispatcher(self.hosts[n % len(self.hosts)])
                 n += 1
             time.sleep(0.5)
+
+    def busy_rows(self) -> str:
+        try:
+            rows = self.store.query(
+                "SELECT b.external_id, n.status, n.due_at, n.lease_expires_at, n.attempts "
+                "FROM notifications n JOIN bookings b ON b.id = n.booking_id "
+                "WHERE n.status IN ('sending', 'pending') ORDER BY n.due_at"
+            )
+        except Exception as e:
+            return f"store unreadable: {e}"
+        now = time.time()
+        busy = [r for r in rows if r[1] == "sending" or ts(r[2]) <= now]
+        return "; ".join(
+            f"{r[0]} {r[1]} due {ts(r[2]) - now:+.0f}s lease "
+            f"{'-' if r[3] is None else f'{ts(r[3]) - now:+.0f}s'} attempts {r[4]}"
+            for r in busy[:5]
+        )
 
     def store_busy(self) -> int:
         now = time.time()
