@@ -199,7 +199,8 @@ def test_negative_chat_id_works_as_a_separate_argument(cli: Cli, database_url: s
 
 @sqlite_only
 def test_apprise_recipient_needs_the_optional_extra(cli: Cli, database_url: str) -> None:
-    result = create(cli, to=("apprise:json://localhost:8080/hook",))
+    # slack: one of the default NOTIFYCTL_APPRISE_SCHEMES (json:// is opt-in)
+    result = create(cli, to=("apprise:slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ",))
 
     if "apprise" in CHANNELS and importlib.util.find_spec("apprise") is not None:
         assert result.exit_code == 0, result.stderr
