@@ -430,14 +430,27 @@ def refused(error: BaseException) -> bool:
 
 
 def read_bounded(response: requests.Response, limit: int = MAX_BODY) -> bytes:
-    """At most ``limit`` bytes of a streamed answer (decoded); the rest is never read."""
+    """At most ``limit`` bytes of a streamed answer (decoded); the rest is never read.
+
+    A failure while reading is a ``requests.ConnectionError`` saying "aborted"
+    (the request went out: its effect is uncertain), a stalled read a
+    ``requests.ReadTimeout``, as when requests reads the body itself.
+    """
+    import requests
+    from urllib3.exceptions import HTTPError, ReadTimeoutError
+
     raw = response.raw
     chunks: list[bytes] = []
     size = 0
-    while size < limit:
-        chunk = raw.read(min(8192, limit - size), decode_content=True)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+    try:
+        while size < limit:
+            chunk = raw.read(min(8192, limit - size), decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except ReadTimeoutError as e:
+        raise requests.ReadTimeout(f"no answer in time: {e}") from e
+    except (HTTPError, OSError) as e:
+        raise requests.ConnectionError(f"Connection aborted while reading the answer: {e}") from e
     return b"".join(chunks)

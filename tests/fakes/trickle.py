@@ -4,8 +4,8 @@ Models a receiver that keeps every single read alive (each byte arrives well
 within any per-read timeout) but never finishes its answer: only an overall
 deadline ends such a send. It first reads what the client sends (an HTTP
 request; nothing for SMTP, where the server speaks first), then trickles
-``payload`` byte by byte with ``interval`` seconds between bytes, then keeps
-trickling spaces. ``stop()`` cuts every connection and joins every thread.
+``prefix`` at once and ``payload`` byte by byte with ``interval`` seconds
+between bytes, then keeps trickling spaces. ``stop()`` cuts every connection and joins every thread.
 """
 
 from __future__ import annotations
@@ -20,9 +20,15 @@ __all__ = ["Trickler"]
 
 class Trickler:
     def __init__(
-        self, payload: bytes, *, interval: float = 0.05, read_request: bool = True
+        self,
+        payload: bytes,
+        *,
+        interval: float = 0.05,
+        read_request: bool = True,
+        prefix: bytes = b"",
     ) -> None:
         self.payload = payload
+        self.prefix = prefix
         self.interval = interval
         self.read_request = read_request
         self.connections = 0
@@ -67,6 +73,7 @@ class Trickler:
                     data += chunk
                 with self._lock:
                     self.received.append(data)
+            conn.sendall(self.prefix)
             position = 0
             while not self._stop.is_set():
                 byte = self.payload[position : position + 1] or b" "
