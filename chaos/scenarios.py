@@ -81,7 +81,7 @@ class Size:
     latency: tuple[float, float] = (0.3, 1.2)
 
 
-QUICK = Size(reminders=60, main_s=14, lease_s=10, max_seconds=5, tick_s=1.5, lock_s=15)
+QUICK = Size(reminders=40, main_s=10, lease_s=8, max_seconds=4, tick_s=1.5, lock_s=15)
 FULL = Size(reminders=300, main_s=45, lease_s=20, max_seconds=12, tick_s=3, lock_s=60)
 
 
@@ -669,6 +669,10 @@ class Run:
                 f"row {status} ({last_error or 'no reason'}), never delivered for "
                 f"start {iso(final.start)}"
             )
+        statuses = Counter(row[1] for row in rows.values())
+        r.notes.append(
+            "final rows: " + ", ".join(f"{st} {n}" for st, n in sorted(statuses.items()))
+        )
         if self.sc.fault == "reschedule":
             moves = sum(len(b.versions) - 1 for b in self.truth.values())
             cancels = sum(1 for b in self.truth.values() if b.cancel is not None)
