@@ -81,7 +81,7 @@ class Size:
     latency: tuple[float, float] = (0.3, 1.2)
 
 
-QUICK = Size(reminders=40, main_s=10, lease_s=8, max_seconds=4, tick_s=1.5, lock_s=15)
+QUICK = Size(reminders=40, main_s=10, lease_s=10, max_seconds=4, tick_s=1.5, lock_s=15)
 FULL = Size(reminders=300, main_s=45, lease_s=20, max_seconds=12, tick_s=3, lock_s=60)
 
 
@@ -679,6 +679,9 @@ class Run:
             r.notes.append(f"{moves} reschedules and {cancels} cancels during the sends")
         codes = Counter(p.returncode for p in self.procs if p.label not in self.faulted)
         r.internal_errors = codes.get(1, 0)
+        if codes.get(2):
+            usage = next(p for p in self.procs if p.returncode == 2)
+            r.error = f"dispatch rejected its options (exit 2): {usage.stderr_tail(200)}"
         r.notes.append(
             "dispatch exit codes: "
             + ", ".join(f"{code}: {n}" for code, n in sorted(codes.items(), key=str))
