@@ -8,6 +8,7 @@ fenced by the lease token. Decisions (``decide``, ``decide_retry``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -191,8 +192,63 @@ class NotSent:
 
 Returned = Attempted | NotSent
 
-#: a booking snapshot older than this is read again before its text is rendered
+#: a batch's bookings older than this are read again before a text is rendered
 FRESH_SECONDS = 1.0
+#: a text is rendered this long before its send slot, for that slot: sends stay on time
+RENDER_LEAD = timedelta(milliseconds=100)
+
+
+class BatchBookings:
+    """The bookings of one claimed batch, read again when the copy grows old.
+
+    A text must be true when it leaves, and a batch may wait long for its pacing
+    slots: a copy older than ``FRESH_SECONDS`` is replaced, in one query for the
+    whole batch, by the bookings as they are now, for the claims still held (a
+    reschedule or cancel meanwhile took the others away).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        token: str,
+        bookings: dict[int, Row[Any]],  # claim id → booking
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._token = token
+        self._bookings: dict[int, Row[Any] | None] = dict(bookings)
+        self._monotonic = monotonic
+        self._taken_at = monotonic()
+        self._refreshing = False
+        self._lock = threading.Lock()
+
+    def current(
+        self, claim_id: int, patiently: Callable[[Callable[[], Any], datetime], Any], by: datetime
+    ) -> Row[Any] | None:
+        """The claim's booking as of about ``FRESH_SECONDS`` ago; None when no longer held.
+
+        One thread reads while the others go on with the copy they have: a
+        reader that blocked every sender would bunch their sends into a burst.
+        """
+        with self._lock:
+            stale = self._monotonic() - self._taken_at > FRESH_SECONDS
+            refresh = stale and not self._refreshing
+            self._refreshing = self._refreshing or refresh
+            if not refresh:
+                return self._bookings.get(claim_id)
+        try:
+            fresh: dict[int, Row[Any]] = patiently(self._read, by)
+        finally:
+            with self._lock:
+                self._refreshing = False
+        with self._lock:
+            self._bookings = {i: fresh.get(i) for i in self._bookings}
+            self._taken_at = self._monotonic()
+            return self._bookings.get(claim_id)
+
+    def _read(self) -> dict[int, Row[Any]]:
+        with self._store.reader() as conn:
+            return queries.held_bookings(conn, self._token, list(self._bookings))
 
 
 class Dispatcher:
@@ -341,8 +397,10 @@ class Dispatcher:
                 )
                 for row in rows
             ]
-            snapshot = (self.monotonic(), bookings)
-            self._send_batch(pool, claims, [r.booking_id for r in rows], snapshot, report)
+            batch = BatchBookings(
+                self.store, token, {r.id: bookings[r.booking_id] for r in rows}, self.monotonic
+            )
+            self._send_batch(pool, claims, batch, report)
 
     def _disabled_now(self) -> list[str]:
         with self._lock:
@@ -352,25 +410,23 @@ class Dispatcher:
         self,
         pool: ThreadPoolExecutor,
         claims: list[Claim],
-        booking_ids: list[int],
-        snapshot: tuple[float, dict[int, Row[Any]]],
+        bookings: BatchBookings,
         report: RunReport,
     ) -> None:
-        taken_at, bookings = snapshot
-        ready: list[tuple[Claim, Channel, Row[Any]]] = []
+        ready: list[tuple[Claim, Channel]] = []
         unsent: list[Returned] = []
-        for claim, booking_id in zip(claims, booking_ids, strict=True):
+        for claim in claims:
             prepared = self._prepare(claim)
             if isinstance(prepared, NotSent):
                 unsent.append(prepared)
             else:
-                ready.append((claim, prepared, bookings[booking_id]))
+                ready.append((claim, prepared))
         # announce the whole batch first, so shared send slots are reserved in one block
-        for key, count in Counter(c.pacing_key for _, c, _ in ready).items():
+        self._warm_up(ready, bookings)
+        for key, count in Counter(c.pacing_key for _, c in ready).items():
             self._pacer.expect(key, count)
         futures = {
-            pool.submit(self._send, claim, channel, booking, taken_at): claim
-            for claim, channel, booking in ready
+            pool.submit(self._send, claim, channel, bookings): claim for claim, channel in ready
         }
         if unsent:
             self._record(unsent, report)
@@ -401,6 +457,22 @@ class Dispatcher:
                 return
             yield [future.result() for future in done]
 
+    def _warm_up(self, ready: list[tuple[Claim, Channel]], bookings: BatchBookings) -> None:
+        """Render one text per channel and kind now, before any send slot is taken.
+
+        The first render imports Jinja2 and compiles the templates: done in the
+        sender threads, on their slots, it would make the first sends late and
+        then bunch them into a burst the provider answers with 429.
+        """
+        seen: set[tuple[str, str]] = set()
+        for claim, channel in ready:
+            if (claim.channel, claim.kind) not in seen:
+                seen.add((claim.channel, claim.kind))
+                with contextlib.suppress(Exception):  # its own send reports the failure
+                    booking = bookings.current(claim.id, self._patiently, claim.send_by)
+                    if booking is not None:
+                        build_message(claim, booking, channel, self.clock(), self.templates)
+
     def _prepare(self, claim: Claim) -> Channel | NotSent:
         """The claim's channel, or what becomes of it when there is none to send on."""
         if claim.channel not in CHANNELS:
@@ -425,30 +497,34 @@ class Dispatcher:
                 self._channels[name] = channel_module(name).open_channel(self.context)
             return self._channels[name]
 
-    def _send(self, claim: Claim, channel: Channel, booking: Row[Any], taken_at: float) -> Returned:
+    def _send(self, claim: Claim, channel: Channel, bookings: BatchBookings) -> Returned:
         """Wait for the claim's turn, render its text as of that moment, send it."""
         try:
-            late_turn = self._pacer.wait_turn(channel.pacing_key, claim.recipient, claim.send_by)
+            turn = self._pacer.wait_turn(
+                channel.pacing_key, claim.recipient, claim.send_by, RENDER_LEAD
+            )
         except DatabaseError as e:  # the pacing row stayed locked: give it back, unsent
             log.warning("reminder %s: no send slot (%s); given back", claim.id, e.message)
             return NotSent(claim, Outcome.released())
-        if late_turn is not None:  # its turn comes too late for this lease: give it back
-            return NotSent(claim, Outcome.released(due_at=late_turn))
+        if turn.late:  # its turn comes too late for this lease: give it back
+            return NotSent(claim, Outcome.released(due_at=turn.at))
         if self._is_disabled(claim.channel):
             return NotSent(claim, Outcome.released())
-        now = self.clock()
+        now = max(self.clock(), turn.at)  # the moment the request leaves
         if now >= claim.not_after:
             return NotSent(claim, Outcome.expired("not sent before it stopped being useful"))
-        if self.monotonic() - taken_at > FRESH_SECONDS:
-            fresh = self._held_booking(claim)
-            if fresh is None:  # cancelled or rescheduled meanwhile: its new owner decides
-                return NotSent(claim, Outcome.released())
-            booking = fresh
+        try:
+            booking = bookings.current(claim.id, self._patiently, claim.send_by)
+        except DatabaseError:
+            booking = None
+        if booking is None:  # cancelled or rescheduled meanwhile: the newer intent decides
+            return NotSent(claim, Outcome.released())
         try:
             message = build_message(claim, booking, channel, now, self.templates)
         except Exception as e:  # any template failure fails this reminder, not the run
             error = redact(f"template error: {type(e).__name__}: {e}")
             return NotSent(claim, Outcome.failed(error, Reason.TEMPLATE))
+        self._pacer.sleep_until(turn.at)
         started = self.clock()
         try:
             result = channel.send(message)
@@ -463,16 +539,6 @@ class Dispatcher:
         if result.delivery is Delivery.BAD_CREDENTIALS:
             self._disable(claim.channel, f"{claim.channel}: credentials rejected ({result.error})")
         return Attempted(claim, result, started, finished)
-
-    def _held_booking(self, claim: Claim) -> Row[Any] | None:
-        def read() -> Row[Any] | None:
-            with self.store.reader() as conn:
-                return queries.held_booking(conn, claim.id, claim.lease_token)
-
-        try:
-            return self._patiently(read, claim.send_by)
-        except DatabaseError:
-            return None
 
     # -- recording ---------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,14 @@ PAUSE_PATIENCE = timedelta(seconds=10)
 
 def _at_once(work: Callable[[], Any], _deadline: datetime) -> Any:
     return work()
+
+
+@dataclass(frozen=True)
+class Turn:
+    """When a message may leave; ``late`` when that is after the caller's deadline."""
+
+    at: datetime
+    late: bool = False
 
 
 class ChatSpacing:
@@ -139,34 +148,38 @@ class Pacer:
             with self._lock:
                 self._expected[key] = self._expected.get(key, 0) + count
 
-    def wait_turn(self, key: str | None, chat: str, deadline: datetime) -> datetime | None:
-        """Block until a message to ``chat`` under sender ``key`` may be sent.
+    def wait_turn(
+        self, key: str | None, chat: str, deadline: datetime, lead: timedelta = timedelta(0)
+    ) -> Turn:
+        """Block until ``lead`` before a message to ``chat`` under sender ``key`` may go.
 
-        Returns None once it may go. When its turn would come after
-        ``deadline`` (e.g. a 429 pause outlasting the claim's lease) it returns
-        that turn at once, without waiting: the caller gives the reminder back,
-        due then, instead of sending it late.
+        The caller prepares the message for ``Turn.at`` in that lead time, then
+        ``sleep_until(turn.at)``: the request leaves on its slot, its text true
+        then. When the turn would come after ``deadline`` (e.g. a 429 pause
+        outlasting the claim's lease) it is returned ``late`` at once, without
+        waiting: the caller gives the reminder back, due then, instead of
+        sending it late.
         """
         if key is None:
-            return None
+            return Turn(self._clock())
         chat_turn = self._chats.reserve(chat, self._clock())
         if chat_turn > deadline:
-            return chat_turn
-        self._sleep_until(chat_turn)
+            return Turn(chat_turn, late=True)
+        self.sleep_until(chat_turn - lead)
         with self._lock:
             wanted = max(1, self._expected.get(key, 1))
             self._expected[key] = wanted - 1
-        slot = self._slots(key).take(deadline, wanted)
+        slot = max(self._slots(key).take(deadline, wanted), chat_turn)
         if slot > deadline:
-            return slot
-        self._sleep_until(slot)
-        return None
+            return Turn(slot, late=True)
+        self.sleep_until(slot - lead)
+        return Turn(slot)
 
     def pause(self, key: str | None, seconds: float) -> None:
         if key is not None:
             self._slots(key).pause(seconds)
 
-    def _sleep_until(self, when: datetime) -> None:
+    def sleep_until(self, when: datetime) -> None:
         delay = (when - self._clock()).total_seconds()
         if delay > 0:
             self._sleep(delay)

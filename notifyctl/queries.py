@@ -614,13 +614,20 @@ def record_outcomes(conn: Connection, writes: Sequence[FencedWrite]) -> set[int]
     return held
 
 
-def held_booking(conn: Connection, notification_id: int, lease_token: str) -> Row[Any] | None:
-    """The booking of a reminder this run still holds, as it is now; None when lost."""
-    return conn.execute(
-        select(B)
-        .join(N, N.booking_id == B.id)
-        .where(N.id == notification_id, N.status == Status.SENDING, N.lease_token == lease_token)
-    ).first()
+def held_bookings(
+    conn: Connection, lease_token: str, notification_ids: Sequence[int]
+) -> dict[int, Row[Any]]:
+    """Reminder id → its booking as it is now, for those this lease still holds."""
+    found: dict[int, Row[Any]] = {}
+    for part in chunks(notification_ids):
+        rows: Any = conn.execute(
+            select(N.id.label("notification_id"), B)
+            .join(B, B.id == N.booking_id)
+            .where(N.id.in_(part), N.status == Status.SENDING, N.lease_token == lease_token)
+        )
+        for row in rows:
+            found[row.notification_id] = row
+    return found
 
 
 def remember_chat_move(conn: Connection, channel: str, old: str, new: str, now: datetime) -> None:
