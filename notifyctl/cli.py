@@ -569,7 +569,7 @@ def dispatch(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Deliver what is due, retry what failed for a passing reason, and exit (run from cron)."""
-    from . import ops
+    from . import metrics, pings
     from .runs import DispatchOptions, idle_run
 
     options = DispatchOptions(
@@ -590,7 +590,7 @@ def dispatch(
     )
     _configure_logging(verbose)
     output = _output()
-    health = ops.Healthcheck(None if dry_run else ping_url)
+    health = pings.Healthcheck(None if dry_run else ping_url)
     with health, _store(settings.database_url) as store:
         if dry_run:
             from .dispatch import preview
@@ -609,7 +609,7 @@ def dispatch(
         report = idle_run(store) or _run_dispatch(store, settings, options, output)
         health.finish(report)
         if metrics_file is not None:
-            ops.export_metrics(store, metrics_file, report)
+            metrics.export_metrics(store, metrics_file, report)
     if json_out:
         output.line(render_json(report.as_dict()))
     elif not report.idle:
@@ -746,12 +746,12 @@ def stats(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Outcomes per channel and kind, lateness, the queue now and the last dispatch runs."""
-    from . import ops
+    from .stats import stats as stats_use_case
     from .times import parse_duration
 
     window = parse_duration(since)
     with _store(database_url) as store:
-        result = ops.stats(store, window)
+        result = stats_use_case(store, window)
     output = _output()
     if fmt == StatsFormat.json:
         output.line(render_json(result.as_dict()))
@@ -825,12 +825,12 @@ def prune(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Delete finished bookings (with their reminders and attempts) and old dispatch runs."""
-    from . import ops
+    from .prune import prune as prune_use_case
     from .times import parse_duration
 
     age = parse_duration(older_than)
     with _store(database_url) as store:
-        result = ops.prune(store, age, dry_run)
+        result = prune_use_case(store, age, dry_run)
     output = _output()
     if json_out:
         output.line(render_json(result.as_dict()))

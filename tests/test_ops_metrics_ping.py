@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from notifyctl import ops
+from notifyctl import metrics as metrics_file
+from notifyctl import pings, stats
 from notifyctl.db import Store
 from notifyctl.runs import RunReport
 from notifyctl.service import create_booking
@@ -46,11 +47,11 @@ def test_metrics_file_holds_the_run_and_the_queue(tmp_path: Path) -> None:
         duration_seconds=1.25,
         by_channel={"telegram": {"sent": 3, "retry": 1}, "console": {"sent": 2}},
     )
-    queue = ops.QueueState(
+    queue = stats.QueueState(
         pending=7, sending=1, due=2, oldest_due_age_seconds=95.5, last_success_at=None
     )
 
-    ops.write_metrics_file(path, report, queue, NOW)
+    metrics_file.write_metrics_file(path, report, queue, NOW)
 
     assert read_metrics(path) == {
         ("notifyctl_dispatch_outcomes_total", outcome("console", "sent")): 2.0,
@@ -74,13 +75,15 @@ def test_metrics_file_holds_the_run_and_the_queue(tmp_path: Path) -> None:
 
 def test_outcome_counters_add_up_across_runs_and_the_file_is_replaced(tmp_path: Path) -> None:
     path = tmp_path / "notifyctl.prom"
-    queue = ops.QueueState(0, 0, 0, None, None)
-    ops.write_metrics_file(path, RunReport(by_channel={"telegram": {"sent": 3}}), queue, NOW)
+    queue = stats.QueueState(0, 0, 0, None, None)
+    metrics_file.write_metrics_file(
+        path, RunReport(by_channel={"telegram": {"sent": 3}}), queue, NOW
+    )
     first_inode = path.stat().st_ino
 
     later = NOW + timedelta(minutes=1)
     second = RunReport(by_channel={"telegram": {"sent": 1, "failed": 1}})
-    ops.write_metrics_file(path, second, queue, later)
+    metrics_file.write_metrics_file(path, second, queue, later)
 
     metrics = read_metrics(path)
     assert metrics["notifyctl_dispatch_outcomes_total", outcome("telegram", "sent")] == 4.0
@@ -94,9 +97,9 @@ def test_outcome_counters_add_up_across_runs_and_the_file_is_replaced(tmp_path: 
 def test_a_failed_run_reports_the_last_success_from_the_store(tmp_path: Path) -> None:
     path = tmp_path / "notifyctl.prom"
     earlier = NOW - timedelta(minutes=7)
-    queue = ops.QueueState(3, 0, 3, 420.0, last_success_at=earlier)
+    queue = stats.QueueState(3, 0, 3, 420.0, last_success_at=earlier)
 
-    ops.write_metrics_file(path, RunReport(exit_code=3, error="no token"), queue, NOW)
+    metrics_file.write_metrics_file(path, RunReport(exit_code=3, error="no token"), queue, NOW)
 
     metrics = read_metrics(path)
     assert metrics["notifyctl_dispatch_exit_code", ()] == 3.0
@@ -108,10 +111,10 @@ def test_an_unreadable_previous_file_restarts_the_counters(tmp_path: Path) -> No
     path = tmp_path / "notifyctl.prom"
     path.write_text("this is { not prometheus\n")
 
-    ops.write_metrics_file(
+    metrics_file.write_metrics_file(
         path,
         RunReport(by_channel={"console": {"sent": 1}}),
-        ops.QueueState(0, 0, 0, None, None),
+        stats.QueueState(0, 0, 0, None, None),
         NOW,
     )
 
@@ -138,10 +141,10 @@ def test_export_metrics_reads_the_queue_of_the_store(
     clock.set(t0 + minutes(13))  # b2 due for a minute, the retry of b1 due (~30 s backoff)
     path = tmp_path / "notifyctl.prom"
 
-    assert ops.export_metrics(store, path, report) is True
+    assert metrics_file.export_metrics(store, path, report) is True
 
     metrics = read_metrics(path)
-    queue = ops.queue_state(store)
+    queue = stats.queue_state(store)
     assert (queue.pending, queue.due) == (3, 2)
     assert metrics["notifyctl_queue_pending", ()] == 3
     assert metrics["notifyctl_queue_due", ()] == 2
@@ -156,8 +159,8 @@ def test_export_metrics_to_a_missing_directory_warns_and_never_raises(
     store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "missing" / "notifyctl.prom"
-    with caplog.at_level(logging.WARNING, logger="notifyctl.ops"):
-        assert ops.export_metrics(store, path, RunReport()) is False
+    with caplog.at_level(logging.WARNING, logger="notifyctl.metrics"):
+        assert metrics_file.export_metrics(store, path, RunReport()) is False
     assert "metrics file" in caplog.text
     assert "FileNotFoundError" in caplog.text
     assert not path.parent.exists()
@@ -315,10 +318,10 @@ def test_an_unreachable_ping_url_never_fails_the_run_nor_shows_its_secret(
 
 
 def test_ping_reports_a_refusal_without_raising(caplog: pytest.LogCaptureFixture) -> None:
-    with PingServer() as hc, caplog.at_level(logging.WARNING, logger="notifyctl.ops"):
+    with PingServer() as hc, caplog.at_level(logging.WARNING, logger="notifyctl.pings"):
         hc.answer(404)
-        assert ops.ping(hc.url(f"/{SECRET}"), "success") is False
-        assert ops.ping("not a url", "start") is False
+        assert pings.ping(hc.url(f"/{SECRET}"), "success") is False
+        assert pings.ping("not a url", "start") is False
         assert [p.path for p in hc.pings] == [f"/{SECRET}"]
     assert "HTTP 404" in caplog.text
     assert SECRET not in caplog.text
@@ -330,8 +333,8 @@ def test_ping_gives_up_after_its_timeout(caplog: pytest.LogCaptureFixture) -> No
         silent.listen(1)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/{SECRET}"
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="notifyctl.ops"):
-            assert ops.ping(url, "start", timeout=0.3) is False
+        with caplog.at_level(logging.WARNING, logger="notifyctl.pings"):
+            assert pings.ping(url, "start", timeout=0.3) is False
         elapsed = time.monotonic() - started
     assert elapsed < 1.5
     assert "(start) failed" in caplog.text
@@ -342,9 +345,9 @@ def test_ping_uses_the_given_session() -> None:
     import requests
 
     with PingServer() as hc, requests.Session() as session:
-        assert ops.ping(hc.url("/x"), 0, session) is True
-        assert ops.ping(hc.url("/x/"), "fail", session) is True
-        assert ops.ping(hc.url("/x"), 130, session) is True
+        assert pings.ping(hc.url("/x"), 0, session) is True
+        assert pings.ping(hc.url("/x/"), "fail", session) is True
+        assert pings.ping(hc.url("/x"), 130, session) is True
         assert hc.paths() == ["/x", "/x/fail", "/x/130"]
 
 
@@ -361,11 +364,11 @@ def test_ping_uses_the_given_session() -> None:
     ],
 )
 def test_ping_target_follows_the_healthchecks_convention(event: Any, expected: str) -> None:
-    assert ops.ping_target("https://hc-ping.com/u", event) == expected
+    assert pings.ping_target("https://hc-ping.com/u", event) == expected
 
 
 def test_ping_target_keeps_the_query_string() -> None:
-    assert ops.ping_target("https://hc.example.com/ping/u/?rid=1", 4) == (
+    assert pings.ping_target("https://hc.example.com/ping/u/?rid=1", 4) == (
         "https://hc.example.com/ping/u/4?rid=1"
     )
 
@@ -383,4 +386,4 @@ def test_ping_target_keeps_the_query_string() -> None:
     ],
 )
 def test_redact_ping_url_hides_the_secret_parts(url: str, shown: str) -> None:
-    assert ops.redact_ping_url(url) == shown
+    assert pings.redact_ping_url(url) == shown

@@ -15,9 +15,10 @@ import psycopg
 import pytest
 from sqlalchemy import Connection, event, func, select
 
-from notifyctl import ops, queries
+from notifyctl import queries
 from notifyctl.db import Store
 from notifyctl.models import Booking, DeliveryAttempt, DispatchRun, Notification
+from notifyctl.prune import prune
 from notifyctl.service import cancel, create_booking
 from tests.ops_support import dispatch, frozen_cli, minutes
 from tests.support import FrozenClock
@@ -86,10 +87,10 @@ def test_prune_deletes_only_finished_bookings_older_than_the_cutoff(
         "dispatch_runs": 3,
     }
 
-    preview = ops.prune(store, THIRTY_DAYS, dry_run=True)
+    preview = prune(store, THIRTY_DAYS, dry_run=True)
     assert table_counts(store) == before  # a dry run deletes nothing
 
-    result = ops.prune(store, THIRTY_DAYS, dry_run=False)
+    result = prune(store, THIRTY_DAYS, dry_run=False)
 
     expected = {"bookings": 2, "notifications": 3, "attempts": 2, "runs": 2}
     assert {k: result.as_dict()[k] for k in expected} == expected
@@ -114,14 +115,14 @@ def test_prune_deletes_only_finished_bookings_older_than_the_cutoff(
     assert [tuple(r) for r in kept] == [("at_start", "sent"), ("before_end", "pending")]
     assert attempt_run is None  # its run was pruned; the attempt of a kept booking stays
 
-    again = ops.prune(store, THIRTY_DAYS, dry_run=False)
+    again = prune(store, THIRTY_DAYS, dry_run=False)
     assert again.nothing
 
 
 def test_prune_keeps_everything_younger_than_the_cutoff(store: Store, history: datetime) -> None:
     before = table_counts(store)
 
-    result = ops.prune(store, timedelta(days=41), dry_run=False)
+    result = prune(store, timedelta(days=41), dry_run=False)
 
     assert result.nothing
     assert table_counts(store) == before
@@ -179,11 +180,11 @@ def test_prune_walks_in_keyset_batches_through_equal_end_times(
     kept = make_batches(store, clock)
     counting = CountingStore(store.engine, clock)
 
-    preview = ops.prune(counting, THIRTY_DAYS, dry_run=True, batch_size=2)
+    preview = prune(counting, THIRTY_DAYS, dry_run=True, batch_size=2)
     assert (preview.bookings, preview.notifications) == (6, 6)
     assert counting.transactions == 0  # a dry run only reads
 
-    result = ops.prune(counting, THIRTY_DAYS, dry_run=False, batch_size=2)
+    result = prune(counting, THIRTY_DAYS, dry_run=False, batch_size=2)
 
     assert (result.bookings, result.notifications, result.attempts) == (6, 6, 0)
     # two bookings looked at per transaction:
@@ -230,7 +231,7 @@ def test_prune_never_holds_a_lock_a_dispatch_would_wait_for(
             counting = CountingStore(
                 store.engine, clock, during=lambda: (write(), writes.append("during"))
             )
-        result = ops.prune(counting, THIRTY_DAYS, dry_run=False, batch_size=2)
+        result = prune(counting, THIRTY_DAYS, dry_run=False, batch_size=2)
     finally:
         close()
 
@@ -260,7 +261,7 @@ def test_prune_and_dispatch_run_at_the_same_time(
 
     thread = threading.Thread(target=run_dispatch)
     thread.start()
-    result = ops.prune(store, THIRTY_DAYS, dry_run=False, batch_size=1)
+    result = prune(store, THIRTY_DAYS, dry_run=False, batch_size=1)
     thread.join()
 
     assert errors == []

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import event, insert, text
 
-from notifyctl import ops, queries
+from notifyctl import queries
 from notifyctl.db import Store
 from notifyctl.models import Notification, Status
 from notifyctl.service import cancel, create_booking
 from notifyctl.service import summary as list_summary
+from notifyctl.stats import stats as compute_stats
 from tests.fakes.telegram import FakeTelegram, chat_not_found, error
 from tests.ops_support import TOKEN, attempt_outcomes, dispatch, frozen_cli, minutes
 from tests.support import FrozenClock
@@ -159,7 +160,7 @@ def test_stats_and_list_summary_agree_with_the_attempts_history(
     assert stats["seconds_since_last_success"] == pytest.approx(since_success.total_seconds())
 
     # the same numbers through the Python API
-    api = ops.stats(store, timedelta(hours=24))
+    api = compute_stats(store, timedelta(hours=24))
     assert api.as_dict()["total"]["sent"] == list_summary(store).counts["sent"] == 3
     assert api.total.delivery_rate == 0.6
 
@@ -185,13 +186,13 @@ def test_stats_counts_only_what_finished_inside_the_window(
         dispatch(store, clock, database_url, tg.api_url)
     clock.set(t0 + minutes(101))
 
-    recent = ops.stats(store, timedelta(minutes=30))
+    recent = compute_stats(store, timedelta(minutes=30))
     assert [(g.channel, g.kind, g.sent, g.failed) for g in recent.groups] == [
         ("telegram", "at_start", 1, 0)
     ]
     assert recent.since == clock() - timedelta(minutes=30)
 
-    longer = ops.stats(store, timedelta(hours=2))
+    longer = compute_stats(store, timedelta(hours=2))
     assert [(g.channel, g.kind, g.sent, g.failed) for g in longer.groups] == [
         ("telegram", "at_start", 1, 1)
     ]
@@ -219,10 +220,10 @@ def test_stats_counts_retries_by_when_the_attempt_started(
     clock.set(t0 + minutes(13))
     assert attempt_outcomes(store) == {"retry": 2}
 
-    assert ops.stats(store, timedelta(minutes=2)).total.retries == 1
-    assert ops.stats(store, timedelta(minutes=5)).total.retries == 2
+    assert compute_stats(store, timedelta(minutes=2)).total.retries == 1
+    assert compute_stats(store, timedelta(minutes=5)).total.retries == 2
     # still pending: counted as retries, not as finished
-    (group,) = ops.stats(store, timedelta(minutes=5)).groups
+    (group,) = compute_stats(store, timedelta(minutes=5)).groups
     assert (group.sent, group.failed, group.delivery_rate) == (0, 0, None)
 
 
@@ -278,7 +279,7 @@ def test_lateness_percentiles_interpolate_like_percentile_cont(
     }
     _insert_sent(store, clock(), groups)
 
-    result = ops.stats(store, timedelta(hours=1))
+    result = compute_stats(store, timedelta(hours=1))
 
     found = {(g.channel, g.kind): g for g in result.groups}
     assert set(found) == set(groups)
@@ -296,7 +297,7 @@ def test_lateness_percentiles_interpolate_like_percentile_cont(
 
 
 def test_stats_of_an_empty_store_has_no_groups_and_no_runs(store: Store) -> None:
-    result = ops.stats(store, timedelta(hours=24))
+    result = compute_stats(store, timedelta(hours=24))
 
     assert result.groups == ()
     assert result.total.sent == 0
@@ -326,7 +327,7 @@ def test_stats_lists_the_last_ten_runs_and_the_last_success(
             )
     clock.set(clock() + minutes(12))
 
-    result = ops.stats(store, timedelta(hours=1))
+    result = compute_stats(store, timedelta(hours=1))
 
     assert [r.pid for r in result.runs] == list(range(111, 101, -1))
     assert [r.exit_code for r in result.runs[:4]] == [3, 3, 3, 0]
@@ -378,7 +379,7 @@ def test_stats_reads_through_indexes_never_a_full_scan(
     store: Store, executed: list[tuple[str, Any]]
 ) -> None:
     """A million finished rows must not make stats slow: every table is reached by an index."""
-    ops.stats(store, timedelta(hours=24))
+    compute_stats(store, timedelta(hours=24))
     statements = list(executed)
     assert len(statements) >= 10
     with store.engine.connect() as conn:

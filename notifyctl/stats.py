@@ -1,0 +1,235 @@
+"""Stats: outcomes per channel and kind over a window, the queue now, the recent runs.
+
+Takes a ``Store`` (engine + injected clock) and returns dataclasses; the
+statements are named functions in ``queries`` (imported when called).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from .db import Store
+
+RECENT_RUNS = 10
+
+
+def _seconds(delta: timedelta | None) -> float | None:
+    return None if delta is None else round(delta.total_seconds(), 3)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Finished reminders of one channel and kind (or of all: ``*``) over the window."""
+
+    channel: str
+    kind: str
+    sent: int = 0
+    failed: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    retries: int = 0
+    lateness_p50: float | None = None
+    lateness_p95: float | None = None
+    lateness_max: float | None = None
+
+    @property
+    def delivery_rate(self) -> float | None:
+        """sent / (sent + failed + expired); cancelled reminders were never meant to go."""
+        finished = self.sent + self.failed + self.expired
+        return round(self.sent / finished, 4) if finished else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "kind": self.kind,
+            "sent": self.sent,
+            "failed": self.failed,
+            "expired": self.expired,
+            "cancelled": self.cancelled,
+            "retries": self.retries,
+            "delivery_rate": self.delivery_rate,
+            "lateness_p50_seconds": self.lateness_p50,
+            "lateness_p95_seconds": self.lateness_p95,
+            "lateness_max_seconds": self.lateness_max,
+        }
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """The queue right now, and when a dispatch run last succeeded."""
+
+    pending: int
+    sending: int
+    due: int
+    oldest_due_age_seconds: float | None
+    last_success_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending,
+            "sending": self.sending,
+            "due": self.due,
+            "oldest_due_age_seconds": self.oldest_due_age_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One row of ``dispatch_runs``."""
+
+    id: int
+    host: str
+    pid: int
+    started_at: datetime
+    finished_at: datetime | None
+    duration_seconds: float | None
+    claimed: int
+    sent: int
+    retried: int
+    rate_limited: int
+    failed: int
+    expired: int
+    rescued: int
+    exit_code: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> RunInfo:
+        finished = row.finished_at
+        return cls(
+            id=row.id,
+            host=row.host,
+            pid=row.pid,
+            started_at=row.started_at,
+            finished_at=finished,
+            duration_seconds=_seconds(finished - row.started_at if finished else None),
+            claimed=row.claimed,
+            sent=row.sent,
+            retried=row.retried,
+            rate_limited=row.rate_limited,
+            failed=row.failed,
+            expired=row.expired,
+            rescued=row.rescued,
+            exit_code=row.exit_code,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Stats:
+    now: datetime
+    since: datetime
+    groups: tuple[GroupStats, ...]
+    total: GroupStats
+    queue: QueueState
+    runs: tuple[RunInfo, ...]
+
+    @property
+    def last_success_at(self) -> datetime | None:
+        return self.queue.last_success_at
+
+    @property
+    def seconds_since_last_success(self) -> float | None:
+        last = self.queue.last_success_at
+        return _seconds(self.now - last if last else None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "window": {
+                "since": self.since,
+                "until": self.now,
+                "seconds": (self.now - self.since).total_seconds(),
+            },
+            "by_channel_kind": [g.as_dict() for g in self.groups],
+            "total": self.total.as_dict(),
+            "queue": self.queue.as_dict(),
+            "runs": [r.as_dict() for r in self.runs],
+            "last_success_at": self.last_success_at,
+            "seconds_since_last_success": self.seconds_since_last_success,
+        }
+
+
+# final status → GroupStats field
+_STATUS_FIELD = {"sent": "sent", "failed": "failed", "expired": "expired", "cancelled": "cancelled"}
+
+
+def _queue_state(conn: Connection, now: datetime) -> QueueState:
+    from . import queries
+    from .models import Status
+
+    oldest = queries.oldest_due(conn, now)
+    last = queries.last_successful_run(conn)
+    return QueueState(
+        pending=queries.count_with_status(conn, Status.PENDING),
+        sending=queries.count_with_status(conn, Status.SENDING),
+        due=queries.count_due(conn, now),
+        oldest_due_age_seconds=_seconds(now - oldest if oldest else None),
+        last_success_at=last.finished_at if last else None,
+    )
+
+
+def queue_state(store: Store) -> QueueState:
+    """Pending, sending, due now, the oldest due reminder's age, the last successful run."""
+    now = store.clock()
+    with store.reader() as conn:
+        return _queue_state(conn, now)
+
+
+def stats(store: Store, since: timedelta) -> Stats:
+    """Outcomes per channel and kind over the last ``since``, the queue, the recent runs.
+
+    A reminder counts in the window when it reached its final status inside it
+    (``updated_at``); a retry counts when its attempt started inside it.
+    """
+    from . import queries
+
+    now = store.clock()
+    start = now - since
+    counts: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def group(channel: str, kind: str) -> dict[str, Any]:
+        return counts.setdefault((channel, kind), {"channel": channel, "kind": kind})
+
+    with store.reader() as conn:
+        for row in queries.finished_counts(conn, start):
+            group(row.channel, row.kind)[_STATUS_FIELD[row.status]] = row.count
+        for row in queries.retry_counts(conn, start):
+            group(row.channel, row.kind)["retries"] = row.count
+        for row in queries.lateness(conn, start):
+            group(row.channel, row.kind).update(_lateness(row))
+        (overall,) = queries.lateness(conn, start, by_group=False)
+        queue = _queue_state(conn, now)
+        runs = tuple(RunInfo.from_row(r) for r in queries.recent_runs(conn, RECENT_RUNS))
+    groups = tuple(GroupStats(**counts[key]) for key in sorted(counts))
+    late = _lateness(overall)
+    total = GroupStats(
+        channel="*",
+        kind="*",
+        sent=sum(g.sent for g in groups),
+        failed=sum(g.failed for g in groups),
+        expired=sum(g.expired for g in groups),
+        cancelled=sum(g.cancelled for g in groups),
+        retries=sum(g.retries for g in groups),
+        lateness_p50=late["lateness_p50"],
+        lateness_p95=late["lateness_p95"],
+        lateness_max=late["lateness_max"],
+    )
+    return Stats(now, start, groups, total, queue, runs)
+
+
+def _lateness(row: Any) -> dict[str, float | None]:
+    return {
+        "lateness_p50": _round(row.p50),
+        "lateness_p95": _round(row.p95),
+        "lateness_max": _round(row.max),
+    }
