@@ -37,6 +37,7 @@ from .config import (
 )
 from .errors import ConfigError, ExitCode, InvalidInput, NotifyctlError
 from .render import Output, inert, render_csv, render_json, render_json_rows, render_table
+from .times import zone_name
 
 __all__ = ["app", "main"]
 
@@ -182,6 +183,15 @@ TimezoneOpt = Annotated[
         "--timezone", envvar="NOTIFYCTL_TIMEZONE", help="IANA zone for naive times and display."
     ),
 ]
+CreateTimezoneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timezone",
+        envvar="NOTIFYCTL_TIMEZONE",
+        help="IANA zone of the booking (naive times are read in it; texts show it). "
+        "Default: the UTC offset the times carry (e.g. UTC+01:00), else UTC.",
+    ),
+]
 
 
 def _settings(database_url: str | None, **fields: Any) -> Settings:
@@ -234,7 +244,7 @@ def create(
         ),
     ] = None,
     title: Annotated[str | None, typer.Option(help="What the booking is, e.g. Yoga.")] = None,
-    timezone: TimezoneOpt = "UTC",
+    timezone: CreateTimezoneOpt = None,
     remind: Annotated[
         list[str] | None,
         typer.Option(
@@ -335,6 +345,8 @@ def create(
                 f"{r.cancelled} cancelled, {len(r.skipped)} skipped"
             )
         )
+        if r.timezone:
+            output.line(inert(f"  time zone {r.timezone} (none given: --timezone sets it)"))
         for s in r.skipped:
             output.line(inert(f"  skipped {s.kind} for {s.channel}:{s.recipient}: {s.reason}"))
 
@@ -441,20 +453,31 @@ def list_(
     from .kinds import parse_kind
     from .queries import ListFilter
     from .service import LIST_FIELDS, list_notifications
-    from .service import summary as summary_use_case
     from .times import parse_time, parse_zone
 
     output = _output()
     statuses = _statuses(status)
     zone = parse_zone(timezone)
+    if summary:
+        ignored = [
+            name
+            for name, value in (
+                ("--booking", booking),
+                ("--kind", kind),
+                ("--due-before", due_before),
+                ("--due-after", due_after),
+                ("--limit", limit),
+            )
+            if value is not None
+        ]
+        if ignored:
+            raise InvalidInput(
+                f"--summary counts the whole queue: {', '.join(ignored)} cannot be combined "
+                "with it (--status can)"
+            )
+        _list_summary(database_url, fmt, statuses if status else (), output)
+        return
     with _store(database_url) as store:
-        if summary:
-            result = summary_use_case(store)
-            if fmt == "json":
-                output.line(render_json(result.as_dict()))
-            else:
-                _render_summary(result, output)
-            return
         now = store.clock()
         where = ListFilter(
             statuses=statuses,
@@ -470,7 +493,32 @@ def list_(
             elif fmt == "csv":
                 render_csv(rows, LIST_FIELDS, output.stdout)
             else:
-                render_table(rows, LIST_FIELDS, output)
+                shown = (_list_row(row, zone, now) for row in rows)
+                headers = {"due": f"due ({zone_name(zone)})"}
+                render_table(shown, LIST_TABLE, output, headers=headers, numeric=("id", "tries"))
+
+
+#: the columns a person reads; --format json/csv carry every field
+LIST_TABLE = ("id", "booking", "kind", "recipient", "status", "due", "tries", "error")
+ERROR_WIDTH = 40
+
+
+def _list_row(row: dict[str, Any], zone: Any, now: Any) -> dict[str, Any]:
+    """One reminder as the table shows it: local due time and how far off, a short error."""
+    from .times import local_text, relative_time
+
+    due = row["due_at"]
+    error = row["last_error"] or ""
+    return {
+        "id": row["id"],
+        "booking": row["booking_id"],
+        "kind": row["kind"],
+        "recipient": f"{row['channel']}:{row['recipient']}",
+        "status": row["status"],
+        "due": f"{local_text(due, zone)} ({relative_time(due, now)})" if due else "",
+        "tries": row["attempts"],
+        "error": error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…",
+    }
 
 
 def _statuses(values: list[str] | None) -> tuple[str, ...]:
@@ -483,13 +531,27 @@ def _statuses(values: list[str] | None) -> tuple[str, ...]:
     return () if "all" in chosen else tuple(dict.fromkeys(chosen))
 
 
-def _render_summary(result: Any, output: Output) -> None:
+def _list_summary(
+    database_url: str | None, fmt: ListFormat, statuses: tuple[str, ...], output: Output
+) -> None:
+    from .stats import queue_summary
+    from .times import human_duration
+
+    with _store(database_url) as store:
+        result = queue_summary(store, statuses)
+    if fmt == ListFormat.json:
+        output.line(render_json(result.as_dict()))
+        return
+    if fmt == ListFormat.csv:
+        flat = result.flat()
+        render_csv([flat], list(flat), output.stdout)
+        return
     rows = [{"status": k, "count": v} for k, v in result.counts.items()]
-    render_table(rows, ["status", "count"], output)
-    lag = result.oldest_overdue_seconds
-    output.line(f"due now: {result.due_now}")
-    output.line(f"oldest overdue: {'-' if lag is None else f'{lag:.0f}s'}")
-    output.line(f"failed in the last 24h: {result.failed_last_24h}")
+    render_table(rows, ["status", "count"], output, numeric=("count",))
+    lag = result.oldest_due_age_seconds
+    output.line(f"due now: {result.due}")
+    output.line(f"oldest due: {'-' if lag is None else human_duration(lag) + ' overdue'}")
+    output.line(f"failed in the last 24 h: {result.failed_last_24h}")
 
 
 # --- dispatch ---------------------------------------------------------------------------
@@ -593,7 +655,8 @@ def dispatch(
     health = pings.Healthcheck(None if dry_run else ping_url)
     with health, _store(settings.database_url) as store:
         if dry_run:
-            from .dispatch import preview
+            from .channels import config_problems
+            from .preview import preview
 
             items = preview(store, settings)
             if json_out:
@@ -604,6 +667,12 @@ def dispatch(
                         f"would send #{item.id} {item.kind} to "
                         f"{item.channel}:{item.recipient}: {item.text}"
                     )
+                )
+            problems = config_problems(settings, (item.channel for item in items))
+            if problems:
+                raise ConfigError(
+                    "; ".join(problems.values())
+                    + " (a run would give these reminders back and send the rest)"
                 )
             return
         report = idle_run(store) or _run_dispatch(store, settings, options, output)
@@ -710,8 +779,8 @@ def templates_preview(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Show the text each recipient of a booking would get."""
-    from .dispatch import preview_booking
     from .kinds import parse_kind
+    from .preview import preview_booking
 
     settings = _settings(database_url, templates_path=templates)
     with _store(settings.database_url) as store:

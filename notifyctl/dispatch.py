@@ -2,8 +2,8 @@
 
 Sends happen outside any transaction, in a thread pool; the calling thread
 records each outcome as soon as it returns, in its own short transaction,
-fenced by the lease token. Decisions (``decide``, ``decide_retry``,
-``backoff_seconds``) are pure functions of values and ``now``.
+fenced by the lease token. What an answer means is decided in
+``decisions``; texts are built by ``message``.
 """
 
 from __future__ import annotations
@@ -17,141 +17,31 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from sqlalchemy import Connection, Row
 
 from . import queries
-from .channels import CHANNELS, channel_module, shown_recipient
-from .channels.base import Channel, ChannelContext, Delivery, Message, SendResult
+from .channels import CHANNELS, channel_module, config_problems, shown_recipient
+from .channels.base import Channel, ChannelContext, Delivery, SendResult
 from .config import Settings, redact
-from .errors import ConfigError, DatabaseError, ExitCode, NotFound
+from .db import Store
+from .decisions import Outcome, decide
+from .errors import ConfigError, DatabaseError, ExitCode
+from .message import build_message, load_templates
 from .models import Reason, Status
-from .runs import BACKOFF_CAP, DispatchOptions, RunReport
+from .runs import DispatchOptions, RunReport
 
-__all__ = ["DispatchOptions", "Dispatcher", "RunReport", "decide", "decide_retry"]
-from .service import Store
-
-if TYPE_CHECKING:
-    from .texts import Rendered, TemplateSet, TextFormat
+__all__ = ["DispatchOptions", "Dispatcher", "RunReport"]
 
 log = logging.getLogger("notifyctl.dispatch")
 
-JITTER = 0.2
 INTERRUPTED = 130  # what a shell reports for Ctrl-C
 T = TypeVar("T")
-
-
-# --- pure decisions -------------------------------------------------------------------
-
-
-def backoff_seconds(attempt: int, base: float, cap: float = BACKOFF_CAP) -> float:
-    """Exact schedule: base, 2*base, 4*base … capped (attempt counts from 1)."""
-    return float(min(cap, base * 2 ** min(max(0, attempt - 1), 62)))
-
-
-def jittered(seconds: float, rng: random.Random) -> float:
-    """±20 % so that a burst of failures does not retry in lockstep."""
-    return seconds * rng.uniform(1 - JITTER, 1 + JITTER)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one attempt does to its reminder; built only by the constructors below.
-
-    Every path a claim can take ends in exactly one of these, applied by one
-    fenced writer (``Dispatcher._record``): River's "set state if running".
-    """
-
-    status: Status
-    action: str  # the attempt's outcome label (history, logs, counters)
-    due_at: datetime | None = None
-    error: str | None = None
-    reason: Reason | None = None
-    give_back_attempt: bool = False
-    moved_to: str | None = None
-
-    @classmethod
-    def sent(cls) -> Outcome:
-        return cls(Status.SENT, "sent")
-
-    @classmethod
-    def retry(cls, at: datetime, error: str | None) -> Outcome:
-        return cls(Status.PENDING, "retry", due_at=at, error=error)
-
-    @classmethod
-    def rate_limited(cls, at: datetime, error: str | None) -> Outcome:
-        return cls(Status.PENDING, "rate_limited", due_at=at, error=error, give_back_attempt=True)
-
-    @classmethod
-    def chat_moved(cls, new_chat: str, now: datetime, error: str | None) -> Outcome:
-        return cls(
-            Status.PENDING,
-            "moved",
-            due_at=now,
-            error=error,
-            give_back_attempt=True,
-            moved_to=new_chat,
-        )
-
-    @classmethod
-    def released(cls, due_at: datetime | None = None, action: str = "released") -> Outcome:
-        """Given back untouched (not sent, or sent with credentials the provider refused)."""
-        return cls(Status.PENDING, action, due_at=due_at, give_back_attempt=True)
-
-    @classmethod
-    def failed(cls, error: str | None, reason: Reason = Reason.PERMANENT) -> Outcome:
-        return cls(Status.FAILED, "failed", error=error, reason=reason)
-
-    @classmethod
-    def expired(cls, error: str, reason: Reason = Reason.TOO_LATE) -> Outcome:
-        return cls(Status.EXPIRED, "expired", error=error, reason=reason)
-
-
-def decide_retry(
-    attempts: int,
-    now: datetime,
-    not_after: datetime,
-    options: DispatchOptions,
-    rng: random.Random,
-    error: str | None,
-) -> Outcome:
-    """After a passing failure: retry later, or fail when out of attempts, or expire."""
-    if attempts >= options.max_attempts:
-        return Outcome.failed(f"gave up after {attempts} attempts: {error}", Reason.GAVE_UP)
-    at = now + timedelta(seconds=jittered(backoff_seconds(attempts, options.backoff_base), rng))
-    if at >= not_after:
-        return Outcome.expired(f"retry would come too late: {error}")
-    return Outcome.retry(at, error)
-
-
-def decide(
-    result: SendResult,
-    attempts: int,
-    now: datetime,
-    not_after: datetime,
-    options: DispatchOptions,
-    rng: random.Random,
-) -> Outcome:
-    """SendResult → Outcome (SPEC §5 Outcomes), for every delivery class."""
-    if result.delivery is Delivery.SENT:
-        return Outcome.sent()
-    if result.delivery is Delivery.RETRY_AFTER:
-        at = now + timedelta(seconds=max(1.0, result.retry_after or 1.0))
-        if at >= not_after:
-            return Outcome.expired(f"rate limited past its useful time: {result.error}")
-        return Outcome.rate_limited(at, result.error)
-    if result.delivery is Delivery.MOVED and result.moved_to:
-        return Outcome.chat_moved(result.moved_to, now, result.error)
-    if result.delivery is Delivery.RETRY:
-        return decide_retry(attempts, now, not_after, options, rng, result.error)
-    if result.delivery is Delivery.BAD_CREDENTIALS:
-        return Outcome.released(action="bad_credentials")
-    return Outcome.failed(result.error)
 
 
 # --- the run --------------------------------------------------------------------------
@@ -687,171 +577,3 @@ def _attempt_row(sent: Attempted, run_id: int | None, outcome: str) -> dict[str,
         "error": redact(result.error) if result.error else None,
         "uncertain": result.uncertain,
     }
-
-
-def booking_view(row: Row[Any]) -> Any:
-    from .texts import Booking
-
-    return Booking(
-        booking_id=row.external_id,
-        title=row.title,
-        starts_at=row.starts_at,
-        ends_at=row.ends_at,
-        timezone=row.timezone,
-        locale=row.locale,
-        data=dict(row.data or {}),
-    )
-
-
-def load_templates(settings: Settings) -> TemplateSet | None:
-    """The operator's templates (``NOTIFYCTL_TEMPLATES``), or None for the built-in texts."""
-    if not settings.templates_path:
-        return None
-    from .texts import TemplateSet
-
-    return TemplateSet.load(settings.templates_path)
-
-
-def render_for(
-    booking: Row[Any],
-    kind: str,
-    channel: str,
-    recipient: str,
-    now: datetime,
-    templates: TemplateSet | None,
-    *,
-    text_format: TextFormat = "plain",
-    max_length: int | None = None,
-    parts: frozenset[str] = frozenset(),
-) -> tuple[Rendered, dict[str, Any]]:
-    """The rendered text of one reminder, true at ``now``, and the variables it saw."""
-    from .texts import BUILTIN, context, render_template
-
-    view = booking_view(booking)
-    variables = context(view, kind, recipient, channel, now)
-    template = templates.lookup(view.locale, kind, channel) if templates else BUILTIN
-    rendered = render_template(
-        template, variables, text_format=text_format, max_length=max_length, parts=parts
-    )
-    return rendered, variables
-
-
-def build_message(
-    claim: Claim,
-    booking: Row[Any],
-    channel: Channel,
-    now: datetime,
-    templates: TemplateSet | None = None,
-) -> Message:
-    """The message for one claimed reminder, rendered for its channel."""
-    rendered, variables = render_for(
-        booking,
-        claim.kind,
-        claim.channel,
-        claim.recipient,
-        now,
-        templates,
-        text_format=channel.text_format,
-        max_length=channel.max_text_length,
-        parts=channel.parts,
-    )
-    view = booking_view(booking)
-    payload = {
-        "notification_id": claim.id,
-        "booking_id": view.booking_id,
-        "kind": claim.kind,
-        "recipient": claim.recipient,
-        "title": view.title,
-        "starts_at": view.starts_at.isoformat(),
-        "ends_at": view.ends_at.isoformat(),
-        "starts_at_local": variables["start"].isoformat(),
-        "ends_at_local": variables["end"].isoformat(),
-        "timezone": view.timezone,
-        "data": view.data,
-    }
-    return Message(
-        notification_id=claim.id,
-        booking_id=view.booking_id,
-        kind=claim.kind,
-        recipient=claim.recipient,
-        text=rendered.text,
-        text_format=rendered.text_format,
-        subject=rendered.subject,
-        html=rendered.html,
-        payload=payload,
-    )
-
-
-def config_problems(settings: Settings, channels: Iterable[str]) -> dict[str, str]:
-    """Channel → why it cannot send (configuration missing or invalid), for those given."""
-    problems: dict[str, str] = {}
-    for name in sorted(set(channels)):
-        if name not in CHANNELS:
-            continue
-        try:
-            channel_module(name).check_config(settings)
-        except ConfigError as e:
-            problems[name] = e.message
-    return problems
-
-
-# --- dry run --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Preview:
-    id: int
-    channel: str
-    recipient: str
-    kind: str
-    text: str
-
-
-def preview(store: Store, settings: Settings, limit: int = 1000) -> list[Preview]:
-    """What a run would send now, rendered; nothing is written."""
-    now = store.clock()
-    with store.reader() as conn:
-        rows = queries.due_preview(conn, now, limit)
-        bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
-    return _previews(rows, bookings, lambda _row: now, load_templates(settings))
-
-
-def preview_booking(
-    store: Store, settings: Settings, booking_id: str, kind: str | None = None
-) -> list[Preview]:
-    """The text each recipient of a booking would get, rendered as of when it is due."""
-    now = store.clock()
-    with store.reader() as conn:
-        rows = queries.reminders_of(conn, booking_id, kind)
-        if not rows:
-            raise NotFound(
-                f"no reminders for booking {booking_id!r}" + (f" of kind {kind}" if kind else "")
-            )
-        bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
-    return _previews(rows, bookings, lambda row: max(now, row.due_at), load_templates(settings))
-
-
-def _previews(
-    rows: list[Row[Any]],
-    bookings: dict[int, Row[Any]],
-    when: Callable[[Row[Any]], datetime],
-    templates: Any,
-) -> list[Preview]:
-    previews = []
-    for row in rows:
-        try:
-            rendered, _ = render_for(
-                bookings[row.booking_id],
-                row.kind,
-                row.channel,
-                row.recipient,
-                when(row),
-                templates,
-            )
-            text = rendered.text
-        except Exception as e:  # show the failure the run would record
-            text = redact(f"<template error: {type(e).__name__}: {e}>")
-        previews.append(
-            Preview(row.id, row.channel, shown_recipient(row.recipient), row.kind, text)
-        )
-    return previews

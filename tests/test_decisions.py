@@ -16,8 +16,7 @@ import pytest
 
 from notifyctl.channels import telegram
 from notifyctl.channels.base import Delivery, SendResult, TextFormat
-from notifyctl.dispatch import (
-    DispatchOptions,
+from notifyctl.decisions import (
     Outcome,
     backoff_seconds,
     decide,
@@ -25,7 +24,7 @@ from notifyctl.dispatch import (
     jittered,
 )
 from notifyctl.models import Status
-from notifyctl.runs import BACKOFF_CAP
+from notifyctl.runs import BACKOFF_CAP, DispatchOptions
 from notifyctl.texts import (
     ELLIPSIS,
     Booking,

@@ -20,6 +20,8 @@ HEAVY = [
     "requests",
     "notifyctl.models",
     "notifyctl.dispatch",
+    "notifyctl.decisions",
+    "notifyctl.message",
 ]
 
 PROBE = f"""

@@ -82,8 +82,9 @@ from notifyctl.channels import CHANNELS, channel_module
 from notifyctl.channels.base import Message, SendResult
 from notifyctl.config import Settings
 from notifyctl.db import make_engine
-from notifyctl.dispatch import Dispatcher, DispatchOptions, render_for
+from notifyctl.dispatch import Dispatcher, DispatchOptions
 from notifyctl.errors import InvalidInput
+from notifyctl.message import render_for
 from notifyctl.models import Booking, DeliveryAttempt, Notification
 from notifyctl.service import Store, cancel, create_booking
 from tests import model_channel

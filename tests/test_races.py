@@ -24,8 +24,9 @@ from notifyctl import queries
 from notifyctl.channels.base import SendResult
 from notifyctl.config import Settings
 from notifyctl.db import make_engine
-from notifyctl.dispatch import Dispatcher, DispatchOptions, render_for
+from notifyctl.dispatch import Dispatcher, DispatchOptions
 from notifyctl.errors import DatabaseError
+from notifyctl.message import render_for
 from notifyctl.models import Booking, DeliveryAttempt, DispatchRun, Notification, Reason, Status
 from notifyctl.pacing import SharedSlots
 from notifyctl.service import Store, cancel, create_booking, reconcile

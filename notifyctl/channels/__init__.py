@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterable
 from functools import cache
 from types import ModuleType
 
-from ..config import redact_url
-from ..errors import InvalidInput
+from ..config import Settings, redact_url
+from ..errors import ConfigError, InvalidInput
 
 CHANNELS: dict[str, str] = {
     "telegram": "notifyctl.channels.telegram",
@@ -83,3 +84,16 @@ def parse_recipient(raw: str) -> tuple[str, str]:
         return channel, channel_module(channel).validate(address)
     except ValueError as e:
         raise InvalidInput(f"invalid recipient {raw!r}: {e}") from e
+
+
+def config_problems(settings: Settings, channels: Iterable[str]) -> dict[str, str]:
+    """Channel → why it cannot send (configuration missing or invalid), for those given."""
+    problems: dict[str, str] = {}
+    for name in sorted(set(channels)):
+        if name not in CHANNELS:
+            continue
+        try:
+            channel_module(name).check_config(settings)
+        except ConfigError as e:
+            problems[name] = e.message
+    return problems
