@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import requests
@@ -51,12 +51,16 @@ postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indire
 class AfterSession(requests.Session):
     """A requests.Session that runs ``after`` once the answer is in, before the run records it.
 
-    Whatever ``after`` commits, commits while the send is in flight.
+    Whatever ``after`` commits, commits while the send is in flight. Every one
+    made is closed when its test ends (the run does not own a session it is given).
     """
+
+    made: ClassVar[list[AfterSession]] = []
 
     def __init__(self, after: Callable[[], object]) -> None:
         super().__init__()
         self.after = after
+        AfterSession.made.append(self)
 
     def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
         response = super().request(method, url, *args, **kwargs)
@@ -64,10 +68,11 @@ class AfterSession(requests.Session):
         return response
 
 
-def booking_times(store: Store, booking_id: str = "b1") -> tuple[datetime, datetime]:
-    with store.reader() as conn:
-        row = conn.execute(select(Booking).where(Booking.external_id == booking_id)).one()
-        return row.starts_at, row.ends_at
+@pytest.fixture(autouse=True)
+def _close_sessions() -> Iterator[None]:
+    yield
+    while AfterSession.made:
+        AfterSession.made.pop().close()
 
 
 def move_booking(store: Store, start: datetime, chat: str = "12345", **kw: Any) -> Any:
