@@ -34,6 +34,7 @@ from .decisions import Outcome, decide
 from .errors import ConfigError, DatabaseError, ExitCode
 from .message import build_message, load_templates
 from .models import Reason, Status
+from .pacing import Allowance, Pacer
 from .runs import DispatchOptions, RunReport
 
 __all__ = ["DispatchOptions", "Dispatcher", "RunReport"]
@@ -165,7 +166,7 @@ class Dispatcher:
         self._channels: dict[str, Channel] = {}
         self._disabled: dict[str, str] = {}  # channel → why this run cannot send on it
         self._lock = threading.Lock()
-        self._pacer: Any = None
+        self._pacer = Pacer(store, self.options.rate_limit, sleep, self._patiently)
         self.templates = load_templates(settings)
 
     # -- maintenance -------------------------------------------------------------------
@@ -235,11 +236,6 @@ class Dispatcher:
             log.warning("could not record the end of dispatch run %s", report.run_id)
 
     def _loop(self, report: RunReport, started: float) -> None:
-        from .pacing import Pacer
-
-        self._pacer = Pacer(
-            self.store.engine, self.options.rate_limit, self.clock, self.sleep, self._patiently
-        )
         lease = timedelta(seconds=self.options.lease_seconds)
         # a send must start well before the lease runs out, or a rescuer may resend it
         lease_s = self.options.lease_seconds
@@ -313,10 +309,13 @@ class Dispatcher:
                 ready.append((claim, prepared))
         # announce the whole batch first, so shared send slots are reserved in one block
         self._warm_up(ready, bookings)
-        for key, count in Counter(c.pacing_key for _, c in ready).items():
-            self._pacer.expect(key, count)
+        allowances = {
+            key: self._pacer.allowance(key, count)
+            for key, count in Counter(c.pacing_key for _, c in ready).items()
+        }
         futures = {
-            pool.submit(self._send, claim, channel, bookings): claim for claim, channel in ready
+            pool.submit(self._send, claim, channel, bookings, allowances[channel.pacing_key]): claim
+            for claim, channel in ready
         }
         if unsent:
             self._record(unsent, report)
@@ -387,12 +386,12 @@ class Dispatcher:
                 self._channels[name] = channel_module(name).open_channel(self.context)
             return self._channels[name]
 
-    def _send(self, claim: Claim, channel: Channel, bookings: BatchBookings) -> Returned:
+    def _send(
+        self, claim: Claim, channel: Channel, bookings: BatchBookings, allowance: Allowance
+    ) -> Returned:
         """Wait for the claim's turn, render its text as of that moment, send it."""
         try:
-            turn = self._pacer.wait_turn(
-                channel.pacing_key, claim.recipient, claim.send_by, RENDER_LEAD
-            )
+            turn = self._pacer.wait_turn(allowance, claim.recipient, claim.send_by, RENDER_LEAD)
         except DatabaseError as e:  # the pacing row stayed locked: give it back, unsent
             log.warning("reminder %s: no send slot (%s); given back", claim.id, e.message)
             return NotSent(claim, Outcome.released())

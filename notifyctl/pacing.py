@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
-
 from . import queries
-from .db import translate_errors
-from .times import Clock
+from .db import Store
 
 CHAT_INTERVAL = timedelta(seconds=1)
 GROUP_WINDOW = timedelta(minutes=1)
@@ -71,19 +68,18 @@ class SharedSlots:
     """Send slots of one bot, reserved in blocks from the store's pacing row."""
 
     def __init__(
-        self, engine: Engine, key: str, rate: float, clock: Clock, patiently: Patiently = _at_once
+        self, store: Store, key: str, rate: float, patiently: Patiently = _at_once
     ) -> None:
-        self._engine = engine
+        self._store = store
         self._patiently = patiently
         self._key = key
         self._interval = timedelta(seconds=1 / rate)
         self._block = max(1, int(rate))
-        self._clock = clock
         self._lock = threading.Lock()
         self._slots: deque[datetime] = deque()
 
     def take(self, deadline: datetime, wanted: int = 1) -> datetime:
-        """The time of this run's next free slot (reserving a block when out).
+        """The time of this run's next free slot (reserving up to ``wanted`` when out).
 
         A busy store is waited for until ``deadline``; then ``DatabaseError``.
         """
@@ -95,63 +91,79 @@ class SharedSlots:
             return self._slots.popleft()
 
     def _reserve(self, count: int) -> datetime:
-        with translate_errors(str(self._engine.url)), self._engine.begin() as conn:
-            queries.ensure_pacing_row(conn, self._key, self._clock())
-            return queries.reserve_slots(conn, self._key, count, self._interval, self._clock())
+        with self._store.transaction() as conn:
+            now = self._store.clock()
+            queries.ensure_pacing_row(conn, self._key, now)
+            return queries.reserve_slots(conn, self._key, count, self._interval, now)
 
     def pause(self, seconds: float) -> None:
         """The provider said 429: no run sends for this bot before now + seconds."""
-        until = self._clock() + timedelta(seconds=seconds)
+        until = self._store.clock() + timedelta(seconds=seconds)
 
         def write() -> None:
-            with translate_errors(str(self._engine.url)), self._engine.begin() as conn:
-                queries.ensure_pacing_row(conn, self._key, self._clock())
-                queries.pause_sender(conn, self._key, until, self._clock())
+            with self._store.transaction() as conn:
+                now = self._store.clock()
+                queries.ensure_pacing_row(conn, self._key, now)
+                queries.pause_sender(conn, self._key, until, now)
 
         with self._lock:
             self._slots.clear()
-            self._patiently(write, self._clock() + PAUSE_PATIENCE)
+            self._patiently(write, self._store.clock() + PAUSE_PATIENCE)
+
+
+class Allowance:
+    """The send slots one batch will use under one sender.
+
+    Handed to each send of the batch; the shared row is asked for as many
+    slots as the batch still needs (up to a second's worth), so a batch
+    reserves in blocks and never more than it sends.
+    """
+
+    def __init__(self, key: str | None, slots: SharedSlots | None, count: int) -> None:
+        self.key = key
+        self._slots = slots
+        self._remaining = count
+        self._lock = threading.Lock()
+
+    def take(self, deadline: datetime) -> datetime | None:
+        """The next slot of this batch; None when its sender is not rate-limited."""
+        if self._slots is None:
+            return None
+        with self._lock:
+            wanted = max(1, self._remaining)
+            self._remaining -= 1
+        return self._slots.take(deadline, wanted)
 
 
 class Pacer:
     """Decides when each message may go, and waits for it."""
 
     def __init__(
-        self,
-        engine: Engine,
-        rate: float,
-        clock: Clock,
-        sleep: Sleep,
-        patiently: Patiently = _at_once,
+        self, store: Store, rate: float, sleep: Sleep, patiently: Patiently = _at_once
     ) -> None:
-        self._engine = engine
+        self._store = store
+        self._clock = store.clock
         self._patiently = patiently
         self._rate = rate
-        self._clock = clock
         self._sleep = sleep
         self._chats = ChatSpacing()
         self._shared: dict[str, SharedSlots] = {}
         self._lock = threading.Lock()
-        self._expected: dict[str, int] = {}
 
     def _slots(self, key: str) -> SharedSlots:
         with self._lock:
             if key not in self._shared:
-                self._shared[key] = SharedSlots(
-                    self._engine, key, self._rate, self._clock, self._patiently
-                )
+                self._shared[key] = SharedSlots(self._store, key, self._rate, self._patiently)
             return self._shared[key]
 
-    def expect(self, key: str | None, count: int) -> None:
-        """``count`` messages under ``key`` are about to go: reserve slots to match."""
-        if key is not None:
-            with self._lock:
-                self._expected[key] = self._expected.get(key, 0) + count
+    def allowance(self, key: str | None, count: int) -> Allowance:
+        """The slots ``count`` messages under sender ``key`` (None: unlimited) will take."""
+        return Allowance(key, None if key is None else self._slots(key), count)
 
     def wait_turn(
-        self, key: str | None, chat: str, deadline: datetime, lead: timedelta = timedelta(0)
+        self, allowance: Allowance, chat: str, deadline: datetime, lead: timedelta = timedelta(0)
     ) -> Turn:
-        """Block until ``lead`` before a message to ``chat`` under sender ``key`` may go.
+        """Block until ``lead`` before a message to ``chat`` of this allowance may go.
 
         The caller prepares the message for ``Turn.at`` in that lead time, then
         ``sleep_until(turn.at)``: the request leaves on its slot, its text true
@@ -160,16 +172,14 @@ class Pacer:
         waiting: the caller gives the reminder back, due then, instead of
         sending it late.
         """
-        if key is None:
+        if allowance.key is None:
             return Turn(self._clock())
         chat_turn = self._chats.reserve(chat, self._clock())
         if chat_turn > deadline:
             return Turn(chat_turn, late=True)
         self.sleep_until(chat_turn - lead)
-        with self._lock:
-            wanted = max(1, self._expected.get(key, 1))
-            self._expected[key] = wanted - 1
-        slot = max(self._slots(key).take(deadline, wanted), chat_turn)
+        slot = allowance.take(deadline)
+        slot = chat_turn if slot is None else max(slot, chat_turn)
         if slot > deadline:
             return Turn(slot, late=True)
         self.sleep_until(slot - lead)

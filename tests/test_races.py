@@ -294,12 +294,12 @@ def test_pacing_reservation_is_patient_then_translated(
                 if len(tries) == 3:
                     blocker.execute("COMMIT")
 
-    slots = SharedSlots(engine, "bot", 25.0, clock, patiently)
+    slots = SharedSlots(Store(engine, clock), "bot", 25.0, patiently)
     assert slots.take(clock() + timedelta(seconds=10)) == clock()
     assert len(tries) == 4
 
     blocker.execute("BEGIN IMMEDIATE")
-    late = SharedSlots(engine, "bot2", 25.0, clock, patiently)
+    late = SharedSlots(Store(engine, clock), "bot2", 25.0, patiently)
     with pytest.raises(DatabaseError, match="database is locked"):
         late.take(clock() + timedelta(seconds=2))
     blocker.execute("COMMIT")
