@@ -569,7 +569,7 @@ class Run:
             "JOIN notifications n ON n.id = a.notification_id "
             "JOIN bookings b ON b.id = n.booking_id "
             # a rescue's own marker is no evidence: whose run it was decides (faulted)
-            "WHERE a.uncertain AND a.outcome <> 'lease_expired'"
+            "WHERE a.uncertain AND a.outcome <> 'rescued'"
         )
         uncertain = {row[0] for row in uncertain_rows}
         rows = {

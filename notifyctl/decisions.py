@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from .channels.base import Delivery, SendResult
 from .models import Reason, Status
-from .runs import BACKOFF_CAP, DispatchOptions
+from .runs import BACKOFF_CAP, Action, DispatchOptions
 
 JITTER = 0.2
 
@@ -37,7 +37,7 @@ class Outcome:
     """
 
     status: Status
-    action: str  # the attempt's outcome label (history, logs, counters)
+    action: Action  # what became of the claim (history, counters, metrics, logs)
     due_at: datetime | None = None
     error: str | None = None
     reason: Reason | None = None
@@ -46,21 +46,23 @@ class Outcome:
 
     @classmethod
     def sent(cls) -> Outcome:
-        return cls(Status.SENT, "sent")
+        return cls(Status.SENT, Action.SENT)
 
     @classmethod
     def retry(cls, at: datetime, error: str | None) -> Outcome:
-        return cls(Status.PENDING, "retry", due_at=at, error=error)
+        return cls(Status.PENDING, Action.RETRIED, due_at=at, error=error)
 
     @classmethod
     def rate_limited(cls, at: datetime, error: str | None) -> Outcome:
-        return cls(Status.PENDING, "rate_limited", due_at=at, error=error, give_back_attempt=True)
+        return cls(
+            Status.PENDING, Action.RATE_LIMITED, due_at=at, error=error, give_back_attempt=True
+        )
 
     @classmethod
     def chat_moved(cls, new_chat: str, now: datetime, error: str | None) -> Outcome:
         return cls(
             Status.PENDING,
-            "moved",
+            Action.MOVED,
             due_at=now,
             error=error,
             give_back_attempt=True,
@@ -68,17 +70,17 @@ class Outcome:
         )
 
     @classmethod
-    def released(cls, due_at: datetime | None = None, action: str = "released") -> Outcome:
+    def released(cls, due_at: datetime | None = None, action: Action = Action.RELEASED) -> Outcome:
         """Given back untouched (not sent, or sent with credentials the provider refused)."""
         return cls(Status.PENDING, action, due_at=due_at, give_back_attempt=True)
 
     @classmethod
     def failed(cls, error: str | None, reason: Reason = Reason.PERMANENT) -> Outcome:
-        return cls(Status.FAILED, "failed", error=error, reason=reason)
+        return cls(Status.FAILED, Action.FAILED, error=error, reason=reason)
 
     @classmethod
     def expired(cls, error: str, reason: Reason = Reason.TOO_LATE) -> Outcome:
-        return cls(Status.EXPIRED, "expired", error=error, reason=reason)
+        return cls(Status.EXPIRED, Action.EXPIRED, error=error, reason=reason)
 
 
 def decide_retry(
@@ -119,5 +121,5 @@ def decide(
     if result.delivery is Delivery.RETRY:
         return decide_retry(attempts, now, not_after, options, rng, result.error)
     if result.delivery is Delivery.BAD_CREDENTIALS:
-        return Outcome.released(action="bad_credentials")
+        return Outcome.released(action=Action.BAD_CREDENTIALS)
     return Outcome.failed(result.error)

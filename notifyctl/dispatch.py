@@ -35,7 +35,7 @@ from .errors import ConfigError, DatabaseError, ExitCode
 from .message import build_message, load_templates
 from .models import Reason, Status
 from .pacing import Allowance, Pacer
-from .runs import DispatchOptions, RunReport
+from .runs import Action, DispatchOptions, RunReport
 
 __all__ = ["DispatchOptions", "Dispatcher", "RunReport"]
 
@@ -484,16 +484,13 @@ class Dispatcher:
     def _report(claim: Claim, outcome: Outcome, won: bool, report: RunReport) -> None:
         """Count and log one outcome, once, after it was committed."""
         if not won:
-            report.lost_lease += 1
+            report.count(Action.LEASE_LOST)
             log.warning(
                 "reminder %s: lease lost, outcome %s not recorded",
                 claim.id,
                 outcome.action,
-                extra={"action": "lease_lost"},
+                extra={"action": Action.LEASE_LOST},
             )
-            return
-        if outcome.action in ("released", "bad_credentials"):
-            report.released += 1
             return
         report.count(outcome.action, claim.channel)
         log.info(
@@ -550,7 +547,7 @@ def _move(conn: Connection, claim: Claim, outcome: Outcome, now: datetime) -> bo
 def _outcome_values(outcome: Outcome, result: SendResult | None, now: datetime) -> dict[str, Any]:
     """The columns one outcome writes (a release touches nothing but its lease)."""
     values: dict[str, Any] = {"status": outcome.status, "updated_at": now}
-    if outcome.action not in ("released", "bad_credentials"):
+    if outcome.action not in (Action.RELEASED, Action.BAD_CREDENTIALS):
         values.update(last_error=outcome.error, reason=outcome.reason)
     if outcome.status is Status.SENT:
         values.update(
@@ -563,7 +560,7 @@ def _outcome_values(outcome: Outcome, result: SendResult | None, now: datetime) 
     return values
 
 
-def _attempt_row(sent: Attempted, run_id: int | None, outcome: str) -> dict[str, Any]:
+def _attempt_row(sent: Attempted, run_id: int | None, outcome: Action) -> dict[str, Any]:
     """The delivery_attempts row of one send (its error already redacted once more)."""
     result = sent.result
     return {

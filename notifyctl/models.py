@@ -217,6 +217,11 @@ class DispatchRun(Base):
     failed: Mapped[int] = mapped_column(Integer, default=0)
     expired: Mapped[int] = mapped_column(Integer, default=0)
     rescued: Mapped[int] = mapped_column(Integer, default=0)
+    # one column per runs.Action (the counters added after the first schema default to 0)
+    moved: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    released: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    bad_credentials: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    lease_lost: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     exit_code: Mapped[int | None] = mapped_column(Integer)
 
 

@@ -48,6 +48,7 @@ from .models import (
     Reason,
     Status,
 )
+from .runs import RUN_COUNTERS, Action
 
 N = Notification
 B = Booking
@@ -384,7 +385,7 @@ class Rescued:
 def rescue_expired_leases(conn: Connection, now: datetime, max_attempts: int) -> Rescued:
     """``sending`` rows whose lease ran out (a crashed run) → pending, or failed if spent.
 
-    Each gets a ``lease_expired`` attempt, marked uncertain: the run may have sent it.
+    Each gets a ``rescued`` attempt, marked uncertain: the run may have sent it.
     """
     lost = and_(N.status == Status.SENDING, N.lease_expires_at <= now)
     cleared = {"lease_token": None, "lease_expires_at": None, "updated_at": now}
@@ -418,7 +419,7 @@ def rescue_expired_leases(conn: Connection, now: datetime, max_attempts: int) ->
                 "run_id": None,
                 "started_at": now,
                 "finished_at": now,
-                "outcome": "lease_expired",
+                "outcome": Action.RESCUED,
                 "http_status": None,
                 "error": "lease expired: the dispatch holding it stopped (it may have sent it)",
                 "uncertain": True,
@@ -720,13 +721,7 @@ def start_run(conn: Connection, host: str, pid: int, now: datetime) -> int:
                 host=host,
                 pid=pid,
                 started_at=now,
-                claimed=0,
-                sent=0,
-                retried=0,
-                rate_limited=0,
-                failed=0,
-                expired=0,
-                rescued=0,
+                **dict.fromkeys(RUN_COUNTERS, 0),
             )
             .returning(DispatchRun.id)
         ).scalar_one()
@@ -820,7 +815,7 @@ def retry_counts(conn: Connection, since: datetime) -> list[Row[Any]]:
             select(N.channel, N.kind, func.count().label("count"))
             .select_from(A)
             .join(N, N.id == A.notification_id)
-            .where(A.started_at >= since, A.outcome == "retry")
+            .where(A.started_at >= since, A.outcome == Action.RETRIED)
             .group_by(N.channel, N.kind)
         )
     )
@@ -1000,3 +995,18 @@ def delete_runs_before(conn: Connection, cutoff: datetime, limit: int) -> int:
         .scalar_subquery()
     )
     return conn.execute(delete(R).where(R.id.in_(oldest))).rowcount
+
+
+def superseded_counts(conn: Connection, since: datetime) -> list[Row[Any]]:
+    """(channel, kind, count) of reminders expired as superseded at or after ``since``."""
+    return list(
+        conn.execute(
+            select(N.channel, N.kind, func.count().label("count"))
+            .where(
+                N.updated_at >= since,
+                N.status == Status.EXPIRED,
+                N.reason == Reason.SUPERSEDED,
+            )
+            .group_by(N.channel, N.kind)
+        )
+    )

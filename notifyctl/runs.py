@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, text
@@ -51,7 +52,28 @@ class DispatchOptions:
         return self
 
 
-COUNTERS = ("claimed", "sent", "retried", "rate_limited", "failed", "expired", "rescued")
+class Action(StrEnum):
+    """What became of one claim: the one vocabulary of a run.
+
+    The same names are the ``delivery_attempts.outcome`` of a history row, a
+    ``dispatch_runs`` column and a ``RunReport`` counter, a metrics label and a
+    log record's ``action`` (tests/test_migrate_config.py keeps them in step).
+    """
+
+    SENT = "sent"
+    RETRIED = "retried"  # a passing failure: tried again after a backoff
+    RATE_LIMITED = "rate_limited"  # the provider asked to wait: no attempt used
+    MOVED = "moved"  # the chat moved: retried at its new address at once
+    FAILED = "failed"
+    EXPIRED = "expired"  # too late to be of use (never sent)
+    RELEASED = "released"  # given back untouched: not sent (no slot in time, channel stopped)
+    BAD_CREDENTIALS = "bad_credentials"  # the provider refused the token: given back
+    RESCUED = "rescued"  # its run stopped holding it (crash): pending again, marked uncertain
+    LEASE_LOST = "lease_lost"  # its outcome was not recorded: a newer owner holds it
+
+
+#: per-run counters besides one per Action
+RUN_COUNTERS = ("claimed", *Action)
 
 
 @dataclass
@@ -61,12 +83,13 @@ class RunReport:
     sent: int = 0
     retried: int = 0
     rate_limited: int = 0
+    moved: int = 0
     failed: int = 0
     expired: int = 0
-    rescued: int = 0
-    moved: int = 0
     released: int = 0
-    lost_lease: int = 0
+    bad_credentials: int = 0
+    rescued: int = 0
+    lease_lost: int = 0
     exit_code: int = 0
     error: str | None = None
     duration_seconds: float = 0.0
@@ -74,33 +97,25 @@ class RunReport:
 
     @property
     def idle(self) -> bool:
-        return not any(getattr(self, c) for c in (*COUNTERS, "moved", "released"))
+        return not any(self.counts().values())
 
     def counts(self) -> dict[str, int]:
-        return {c: getattr(self, c) for c in COUNTERS}
+        return {c: getattr(self, c) for c in RUN_COUNTERS}
 
-    def count(self, action: str, channel: str) -> None:
-        counter = {"retry": "retried", "moved": "moved"}.get(action, action)
-        setattr(self, counter, getattr(self, counter) + 1)
-        per = self.by_channel.setdefault(channel, {})
-        per[action] = per.get(action, 0) + 1
+    def count(self, action: Action, channel: str | None = None, n: int = 1) -> None:
+        setattr(self, action, getattr(self, action) + n)
+        if channel is not None:
+            per = self.by_channel.setdefault(channel, {})
+            per[action] = per.get(action, 0) + n
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary_line(self) -> str:
         parts = [f"{self.sent} sent"]
-        for name in (
-            "retried",
-            "rate_limited",
-            "failed",
-            "expired",
-            "rescued",
-            "moved",
-            "released",
-        ):
-            if getattr(self, name):
-                parts.append(f"{getattr(self, name)} {name.replace('_', ' ')}")
+        for action in Action:
+            if action is not Action.SENT and getattr(self, action):
+                parts.append(f"{getattr(self, action)} {action.replace('_', ' ')}")
         return f"dispatch: {', '.join(parts)} in {self.duration_seconds:.1f}s"
 
 
@@ -115,7 +130,7 @@ _ANY_WORK = text(
 
 _RECORD_IDLE_RUN = text(
     "INSERT INTO dispatch_runs (host, pid, started_at, finished_at, claimed, sent, retried, "
-    "rate_limited, failed, expired, rescued, exit_code) "
+    "rate_limited, failed, expired, rescued, exit_code) "  # the other counters default to 0
     "VALUES (:host, :pid, :started, :finished, 0, 0, 0, 0, 0, 0, 0, 0)"
 ).bindparams(bindparam("started", type_=UTCDateTime), bindparam("finished", type_=UTCDateTime))
 

@@ -121,7 +121,7 @@ def test_decide_retry_schedules_the_jittered_backoff() -> None:
     expected_at = NOW + timedelta(seconds=jittered(backoff_seconds(3, 30.0), random.Random(5)))
     assert outcome == Outcome.retry(expected_at, "502: Bad Gateway")
     assert outcome.status is Status.PENDING
-    assert outcome.action == "retry"
+    assert outcome.action == "retried"
     assert outcome.give_back_attempt is False
     assert outcome.due_at is not None
     assert NOW + timedelta(seconds=96) <= outcome.due_at <= NOW + timedelta(seconds=144)
@@ -219,7 +219,7 @@ def test_decide_moved_without_a_new_address_fails() -> None:
 def test_decide_retry_class_goes_through_backoff() -> None:
     outcome = _decide(SendResult.retry("502: Bad Gateway", 502), attempts=2)
     assert outcome.status is Status.PENDING
-    assert outcome.action == "retry"
+    assert outcome.action == "retried"
     assert outcome.give_back_attempt is False
     assert outcome.due_at is not None
     assert NOW + timedelta(seconds=48) <= outcome.due_at <= NOW + timedelta(seconds=72)

@@ -456,7 +456,7 @@ def test_server_and_connection_errors_back_off_within_jitter(
     assert t0 + timedelta(seconds=24) <= row["due_at"] <= t0 + timedelta(seconds=36)
     assert row["last_error"]
     [attempt] = attempts(store)
-    assert (attempt["outcome"], attempt["http_status"]) == ("retry", status)
+    assert (attempt["outcome"], attempt["http_status"]) == ("retried", status)
 
     clock.set(row["due_at"])
     assert run(store, clock, tg).sent == 1
@@ -626,7 +626,7 @@ def test_read_timeout_retries_and_marks_the_attempt_uncertain(
     assert row["attempts"] == 1
     assert "timed out" in (row["last_error"] or "").lower()
     [attempt] = attempts(store)
-    assert attempt["outcome"] == "retry"
+    assert attempt["outcome"] == "retried"
     assert attempt["uncertain"] is True
     assert attempt["http_status"] is None
 
@@ -689,7 +689,7 @@ def test_cancel_while_sending_is_not_overwritten_nor_retried(
     with HookSession(lambda: cancel(store, ["b1"])) as session:
         report = run(store, clock, tg, http_session=session)
 
-    assert report.lost_lease == 1
+    assert report.lease_lost == 1
     assert report.sent == 0
     row = reminder(store)
     assert row["status"] == Status.CANCELLED
@@ -755,7 +755,7 @@ def test_dispatch_that_lost_its_lease_mid_send_records_nothing(
     with HookSession(newer_owner_takes_over) as session:
         report = run(store, clock, tg, http_session=session)
 
-    assert (report.lost_lease, report.sent) == (1, 0)
+    assert (report.lease_lost, report.sent) == (1, 0)
     row = reminder(store)
     assert (row["status"], row["lease_token"]) == (Status.SENDING, "newer-owner")
 
@@ -801,7 +801,7 @@ def test_rescue_requeues_an_expired_lease_and_delivers_it(
     assert row["status"] == Status.SENT
     assert row["attempts"] == 2  # the crashed run's attempt counts
     history = attempts(store, row["id"])
-    assert [a["outcome"] for a in history] == ["lease_expired", "sent"]
+    assert [a["outcome"] for a in history] == ["rescued", "sent"]
     assert history[0]["uncertain"] is True
 
 
@@ -818,7 +818,7 @@ def test_rescue_fails_a_reminder_out_of_attempts(
     row = reminder(store)
     assert row["status"] == Status.FAILED
     assert row["lease_token"] is None
-    assert [a["outcome"] for a in attempts(store)] == ["lease_expired"]
+    assert [a["outcome"] for a in attempts(store)] == ["rescued"]
     assert tg.messages == []
 
 

@@ -204,7 +204,7 @@ def test_killed_dispatch_loses_nothing_once_its_lease_runs_out(
     with store.reader() as conn:
         attempts = conn.scalars(select(N.attempts)).all()
         rescues = conn.scalars(
-            select(DeliveryAttempt.outcome).where(DeliveryAttempt.outcome == "lease_expired")
+            select(DeliveryAttempt.outcome).where(DeliveryAttempt.outcome == "rescued")
         ).all()
     assert set(attempts) == {2}  # the killed run's attempt is counted
     assert len(rescues) == 20

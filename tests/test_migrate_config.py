@@ -23,6 +23,7 @@ from notifyctl import migrate as migrations
 from notifyctl.cli import app
 from notifyctl.db import make_engine
 from notifyctl.models import SCHEMA_REVISION, Base, BookingStatus, Status
+from notifyctl.runs import RUN_COUNTERS, Action, RunReport
 from tests import dbstate as db
 from tests.support import Cli, CliResult
 
@@ -193,6 +194,53 @@ def constraint_values(url: str, table: str) -> set[str]:
 def test_status_enums_equal_the_check_constraints(database_url: str) -> None:
     assert constraint_values(database_url, "notifications") == {s.value for s in Status}
     assert constraint_values(database_url, "bookings") == {s.value for s in BookingStatus}
+
+
+def test_run_counters_are_the_action_vocabulary(database_url: str) -> None:
+    """dispatch_runs columns, RunReport counters and runs.Action are one vocabulary."""
+    with db.connect(database_url) as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("dispatch_runs")}
+    fixed = {"id", "host", "pid", "started_at", "finished_at", "exit_code"}
+    report_counters = set(RunReport().counts())
+    assert columns - fixed == set(RUN_COUNTERS) == report_counters
+    assert set(RUN_COUNTERS) == {"claimed", *(a.value for a in Action)}
+
+
+def test_history_outcomes_renamed_by_the_migration(database_url: str) -> None:
+    """Rows written by the first schema speak the new words after an upgrade."""
+    engine = make_engine(database_url, create_file=False)
+    migrations.downgrade(engine, "0001")
+    t = "'2026-06-01 12:00:00'"
+    with db.connect(database_url) as conn:
+        conn.execute(
+            text(
+                "INSERT INTO bookings (external_id, title, starts_at, ends_at, timezone, "
+                f"status, created_at, updated_at) VALUES ('b', 't', {t}, "
+                f"'2026-06-01 13:00:00', 'UTC', 'active', {t}, {t})"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO notifications (booking_id, kind, channel, recipient, "
+                "scheduled_at, not_after, due_at, status, attempts, created_at, updated_at) "
+                "SELECT id, 'at_start', 'console', 'a', starts_at, ends_at, starts_at, "
+                "'pending', 0, starts_at, starts_at FROM bookings"
+            )
+        )
+        for outcome in ("retry", "lease_expired", "sent"):
+            conn.execute(
+                text(
+                    "INSERT INTO delivery_attempts (notification_id, started_at, "
+                    "finished_at, outcome, uncertain) "
+                    "SELECT id, due_at, due_at, :o, false FROM notifications"
+                ),
+                {"o": outcome},
+            )
+    migrations.upgrade(engine)
+    engine.dispose()
+    with db.connect(database_url) as conn:
+        outcomes = conn.scalars(text("SELECT outcome FROM delivery_attempts ORDER BY id")).all()
+    assert outcomes == ["retried", "rescued", "sent"]
 
 
 # --- database errors: exit 4 and 3 -------------------------------------------------------------

@@ -45,7 +45,7 @@ def test_metrics_file_holds_the_run_and_the_queue(tmp_path: Path) -> None:
     report = RunReport(
         exit_code=0,
         duration_seconds=1.25,
-        by_channel={"telegram": {"sent": 3, "retry": 1}, "console": {"sent": 2}},
+        by_channel={"telegram": {"sent": 3, "retried": 1}, "console": {"sent": 2}},
     )
     queue = stats.QueueState(
         pending=7, sending=1, due=2, oldest_due_age_seconds=95.5, last_success_at=None
@@ -55,10 +55,10 @@ def test_metrics_file_holds_the_run_and_the_queue(tmp_path: Path) -> None:
 
     assert read_metrics(path) == {
         ("notifyctl_dispatch_outcomes_total", outcome("console", "sent")): 2.0,
-        ("notifyctl_dispatch_outcomes_total", outcome("telegram", "retry")): 1.0,
+        ("notifyctl_dispatch_outcomes_total", outcome("telegram", "retried")): 1.0,
         ("notifyctl_dispatch_outcomes_total", outcome("telegram", "sent")): 3.0,
         ("notifyctl_dispatch_last_run_outcomes", outcome("console", "sent")): 2.0,
-        ("notifyctl_dispatch_last_run_outcomes", outcome("telegram", "retry")): 1.0,
+        ("notifyctl_dispatch_last_run_outcomes", outcome("telegram", "retried")): 1.0,
         ("notifyctl_dispatch_last_run_outcomes", outcome("telegram", "sent")): 3.0,
         ("notifyctl_queue_pending", ()): 7.0,
         ("notifyctl_queue_due", ()): 2.0,
@@ -151,7 +151,7 @@ def test_export_metrics_reads_the_queue_of_the_store(
     assert metrics["notifyctl_queue_oldest_due_age_seconds", ()] == queue.oldest_due_age_seconds
     assert 144 <= metrics["notifyctl_queue_oldest_due_age_seconds", ()] <= 156
     assert metrics["notifyctl_dispatch_outcomes_total", outcome("telegram", "sent")] == 1
-    assert metrics["notifyctl_dispatch_outcomes_total", outcome("telegram", "retry")] == 1
+    assert metrics["notifyctl_dispatch_outcomes_total", outcome("telegram", "retried")] == 1
     assert metrics["notifyctl_dispatch_last_success_timestamp_seconds", ()] == clock().timestamp()
 
 

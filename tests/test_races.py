@@ -106,14 +106,14 @@ def test_reschedule_during_a_send_rearms_the_reminder_for_its_new_time(
     report = dispatcher(store, clock, tg.api_url, http_session=session).run()
 
     assert [r.action for r in results] == ["rescheduled"]
-    assert report.lost_lease == 1  # the in-flight outcome lost to the newer schedule
+    assert report.lease_lost == 1  # the in-flight outcome lost to the newer schedule
     row = reminder(store, "day_before")
     assert row["status"] == Status.PENDING
     assert row["scheduled_at"] == later - timedelta(hours=24)
     assert row["due_at"] == later - timedelta(hours=24)  # never an old backoff time
     assert row["attempts"] == 0
     history = [a["outcome"] for a in attempts(store, row["id"])]
-    assert history == ["sent" if answer == "sent" else "retry"]  # the attempt is history
+    assert history == ["sent" if answer == "sent" else "retried"]  # the attempt is history
     assert move_booking(store, later).action == "unchanged"
     clock.set(later - timedelta(hours=24))
     dispatcher(store, clock, tg.api_url).run()
