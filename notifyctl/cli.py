@@ -492,15 +492,35 @@ def list_(
                 render_json_rows(rows, output.stdout)
             elif fmt == "csv":
                 render_csv(rows, LIST_FIELDS, output.stdout)
+            elif not output.is_tty:  # a pipe: every field, one line each, times in --timezone
+                render_table(({**r, **_zoned(r, zone)} for r in rows), LIST_FIELDS, output)
             else:
-                shown = (_list_row(row, zone, now) for row in rows)
-                headers = {"due": f"due ({zone_name(zone)})"}
-                render_table(shown, LIST_TABLE, output, headers=headers, numeric=("id", "tries"))
+                render_table(
+                    (_list_row(row, zone, now) for row in rows),
+                    LIST_TABLE,
+                    output,
+                    title=f"times in {zone_name(zone)}",
+                    numeric=("id", "tries"),
+                    cut={"booking": 6, "recipient": 6, "due": 11, "error": 6},
+                    cut_last=("due",),
+                )
 
 
 #: the columns a person reads; --format json/csv carry every field
 LIST_TABLE = ("id", "booking", "kind", "recipient", "status", "due", "tries", "error")
 ERROR_WIDTH = 40
+
+
+LIST_TIMES = ("scheduled_at", "not_after", "due_at", "sent_at")
+
+
+def _zoned(row: dict[str, Any], zone: Any) -> dict[str, Any]:
+    """The row's times in ``zone`` as ISO 8601 with their offset (``Z`` for UTC)."""
+    return {
+        f: row[f].astimezone(zone).isoformat(" ", "seconds").replace("+00:00", "Z")
+        for f in LIST_TIMES
+        if row[f] is not None
+    }
 
 
 def _list_row(row: dict[str, Any], zone: Any, now: Any) -> dict[str, Any]:
@@ -515,7 +535,7 @@ def _list_row(row: dict[str, Any], zone: Any, now: Any) -> dict[str, Any]:
         "kind": row["kind"],
         "recipient": f"{row['channel']}:{row['recipient']}",
         "status": row["status"],
-        "due": f"{local_text(due, zone)} ({relative_time(due, now)})" if due else "",
+        "due": f"{local_text(due, zone, now)} ({relative_time(due, now)})" if due else "",
         "tries": row["attempts"],
         "error": error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…",
     }
@@ -760,10 +780,13 @@ def templates_check(
 ) -> None:
     """Render every template against a sample booking; exit 2 on any error."""
     from .bookfile import parse_data_pairs
-    from .texts import TemplateError, TemplateSet, check_templates
+    from .texts import TemplateError, TemplateFileError, TemplateSet, check_templates
     from .times import utcnow
 
-    template_set = TemplateSet.load(templates) if templates else TemplateSet.builtin()
+    try:
+        template_set = TemplateSet.load(templates) if templates else TemplateSet.builtin()
+    except TemplateFileError as e:  # a check reports what it found: exit 2, as for a render
+        raise TemplateError(e.message, e.details) from e
     count, errors = check_templates(template_set, utcnow(), parse_data_pairs(data or []))
     if errors:
         raise TemplateError(f"{len(errors)} template error(s)", errors)
@@ -807,33 +830,44 @@ class StatsFormat(enum.StrEnum):
 @app.command()
 def stats(
     since: Annotated[
-        str, typer.Option("--since", help="Window to report on, e.g. 1h, 24h, 7d.")
+        str,
+        typer.Option("--since", metavar="DURATION", help="Window to report on, e.g. 1h, 24h, 7d."),
     ] = "24h",
     fmt: Annotated[
         StatsFormat, typer.Option("--format", help="Output format.")
     ] = StatsFormat.table,
+    timezone: TimezoneOpt = "UTC",
     database_url: DatabaseUrl = None,
 ) -> None:
     """Outcomes per channel and kind, lateness, the queue now and the last dispatch runs."""
     from .stats import stats as stats_use_case
-    from .times import parse_duration
+    from .times import parse_duration, parse_zone
 
     window = parse_duration(since)
+    zone = parse_zone(timezone)
     with _store(database_url) as store:
         result = stats_use_case(store, window)
     output = _output()
     if fmt == StatsFormat.json:
         output.line(render_json(result.as_dict()))
     else:
-        _render_stats(result, since, output)
+        _render_stats(result, since, zone, output)
 
 
-STATS_FIELDS = ("channel", "kind", "sent", "failed", "expired", "cancelled", "retries")
-LATENESS_FIELDS = ("rate", "late_p50", "late_p95", "late_max")
+STATS_FIELDS = (
+    "channel",
+    "kind",
+    "sent",
+    "failed",
+    "expired",
+    "superseded",
+    "cancelled",
+    "retries",
+)
+DELIVERY_FIELDS = ("channel", "kind", "rate", "late_p50", "late_p95", "late_max")
 RUN_FIELDS = (
-    "started_at",
-    "duration",
-    "claimed",
+    "started",
+    "took",
     "sent",
     "retried",
     "rate_limited",
@@ -842,38 +876,113 @@ RUN_FIELDS = (
     "rescued",
     "exit_code",
 )
+RUN_HEADERS = {"rate_limited": "limited", "exit_code": "exit"}
+KEEP_NAMES = {"channel": 7, "kind": 10}
 
 
-def _seconds_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}s"
+def _duration_text(value: float | None) -> str:
+    """A duration for people: ``0.4 s`` below a minute, else ``1 h 19 min``."""
+    from .times import human_duration
+
+    if value is None:
+        return "-"
+    return f"{value:.1f} s" if value < 60 else human_duration(value)
 
 
-def _render_stats(result: Any, since: str, output: Output) -> None:
+def _render_stats(result: Any, since: str, zone: Any, output: Output) -> None:
+    from .times import local_text, relative_time
+
+    groups = (*result.groups, result.total)
+    render_table(
+        [{f: getattr(g, f) for f in STATS_FIELDS} for g in groups],
+        STATS_FIELDS,
+        output,
+        title=f"outcomes, last {since}",
+        numeric=STATS_FIELDS[2:],
+        cut=KEEP_NAMES,
+    )
+    output.line()
     rows = [
         {
-            **{f: getattr(g, f) for f in STATS_FIELDS},
+            "channel": g.channel,
+            "kind": g.kind,
             "rate": "-" if g.delivery_rate is None else f"{g.delivery_rate:.1%}",
-            "late_p50": _seconds_text(g.lateness_p50),
-            "late_p95": _seconds_text(g.lateness_p95),
-            "late_max": _seconds_text(g.lateness_max),
+            "late_p50": _duration_text(g.lateness_p50),
+            "late_p95": _duration_text(g.lateness_p95),
+            "late_max": _duration_text(g.lateness_max),
         }
-        for g in (*result.groups, result.total)
+        for g in groups
     ]
-    render_table(rows, (*STATS_FIELDS, *LATENESS_FIELDS), output, title=f"last {since}")
-    queue = result.queue
-    output.line(
-        f"queue: {queue.pending} pending, {queue.sending} sending, {queue.due} due, "
-        f"oldest due {_seconds_text(queue.oldest_due_age_seconds)}"
+    render_table(
+        rows,
+        DELIVERY_FIELDS,
+        output,
+        title="delivery rate and lateness of sent reminders",
+        numeric=DELIVERY_FIELDS[2:],
+        cut=KEEP_NAMES,
     )
-    since_success = result.seconds_since_last_success
+    queue = result.queue
+    lag = queue.oldest_due_age_seconds
+    output.line()
+    output.line(
+        f"queue: {queue.pending} pending, {queue.sending} sending, {queue.due} due"
+        + ("" if lag is None else f", oldest due {_duration_text(lag)} overdue")
+    )
+    last = result.last_success_at
     output.line(
         "last successful run: never"
-        if since_success is None
-        else f"last successful run: {_seconds_text(since_success)} ago"
+        if last is None
+        else f"last successful run: {local_text(last, zone, result.now)} {zone_name(zone)} "
+        f"({relative_time(last, result.now)})"
     )
-    runs = [{**r.as_dict(), "duration": _seconds_text(r.duration_seconds)} for r in result.runs]
     output.line()
-    render_table(runs, RUN_FIELDS, output, title="recent dispatch runs")
+    render_table(
+        _collapsed_runs(result.runs, result.now),
+        RUN_FIELDS,
+        output,
+        title="recent dispatch runs",
+        headers=RUN_HEADERS,
+        numeric=RUN_FIELDS[1:],
+        cut={"started": 9},
+    )
+
+
+def _collapsed_runs(runs: Sequence[Any], now: Any) -> list[dict[str, Any]]:
+    """Runs newest first, each stretch of idle runs as one row ("5 idle, 1 min-5 min ago")."""
+    from .times import relative_time
+
+    shown: list[dict[str, Any]] = []
+    stretch: list[Any] = []
+
+    def flush() -> None:
+        if len(stretch) == 1:
+            shown.append(_run_row(stretch[0], now))
+        elif stretch:
+            newest = relative_time(stretch[0].started_at, now)
+            oldest = relative_time(stretch[-1].started_at, now)
+            shown.append(
+                {f: "" for f in RUN_FIELDS}
+                | {"started": f"{len(stretch)} idle runs, {oldest} to {newest}", "exit_code": 0}
+            )
+        stretch.clear()
+
+    for run in runs:
+        if run.idle:
+            stretch.append(run)
+            continue
+        flush()
+        shown.append(_run_row(run, now))
+    flush()
+    return shown
+
+
+def _run_row(run: Any, now: Any) -> dict[str, Any]:
+    from .times import relative_time
+
+    row: dict[str, Any] = run.as_dict()
+    row["started"] = relative_time(run.started_at, now)
+    row["took"] = _duration_text(run.duration_seconds)
+    return row
 
 
 @app.command()

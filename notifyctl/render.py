@@ -108,28 +108,88 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
+#: a column that may be cut keeps at least this many characters (unless told otherwise)
+MIN_CUT_WIDTH = 6
+
+
+def fit_widths(
+    natural: Sequence[int], floors: Sequence[int | None], room: int, last: Sequence[bool] = ()
+) -> list[int]:
+    """Column widths that fit ``room``: the widest column that may be cut gives way first.
+
+    A column whose floor is None keeps its natural width; the others shrink,
+    widest first, down to their floor (those marked ``last`` only when the
+    rest are at theirs), and never wrap.
+    """
+    widths = list(natural)
+    late = list(last) or [False] * len(widths)
+    while sum(widths) > room:
+        open_ = [i for i, floor in enumerate(floors) if floor is not None and widths[i] > floor]
+        candidates = [i for i in open_ if not late[i]] or open_
+        if not candidates:
+            break
+        widest = max(candidates, key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
+
+
 def render_table(
     rows: Iterable[Mapping[str, Any]],
     fields: Sequence[str],
     output: Output,
     title: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    numeric: Sequence[str] = (),
+    cut: Mapping[str, int] | Sequence[str] = (),
+    cut_last: Sequence[str] = (),
 ) -> None:
-    """A rich table on a terminal; tab-separated lines otherwise (cron, pipes)."""
+    """A rich table on a terminal; tab-separated lines otherwise (cron, pipes).
+
+    On a terminal no cell wraps: when the screen is too narrow, the ``cut``
+    columns are shortened with "…" (``--format json`` has every value whole);
+    ``numeric`` columns are right-aligned. ``headers`` renames columns for people.
+    """
+    names = [(headers or {}).get(f, f) for f in fields]
     if not output.is_tty:
         buffer = io.StringIO()
-        buffer.write("\t".join(fields) + "\n")
+        buffer.write("\t".join(names) + "\n")
         for row in rows:
             buffer.write("\t".join(_cell(row[f]) for f in fields) + "\n")
         output.stdout.write(buffer.getvalue())
         return
+    from rich import box
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    console = Console(file=output.stdout, no_color=output.no_color, emoji=False, markup=False)
+    cells = [[_cell(row[f]) for f in fields] for row in rows]
+    natural = [max([len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
+    gaps = 2 * (len(fields) - 1)
+    floors = [
+        (cut[f] if isinstance(cut, Mapping) else MIN_CUT_WIDTH) if f in cut else None
+        for f in fields
+    ]
+    widths = fit_widths(natural, floors, console.width - gaps, [f in cut_last for f in fields])
     # Text cells are never parsed as markup: "[/x]" or "[link=…]" in a booking id is shown
-    table = Table(title=Text(title) if title else None, show_lines=False)
-    for name in fields:
-        table.add_column(Text(name), overflow="fold")
-    for row in rows:
-        table.add_row(*(Text(_cell(row[f])) for f in fields))
-    Console(file=output.stdout, no_color=output.no_color, emoji=False, markup=False).print(table)
+    table = Table(
+        title=Text(title) if title else None,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    for field, name, width in zip(fields, names, widths, strict=True):
+        table.add_column(
+            Text(name),
+            justify="right" if field in numeric else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=width,
+            max_width=width,
+        )
+    for row_cells in cells:
+        table.add_row(*(Text(c) for c in row_cells))
+    console.print(table)

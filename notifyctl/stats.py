@@ -34,7 +34,8 @@ class GroupStats:
     kind: str
     sent: int = 0
     failed: int = 0
-    expired: int = 0
+    expired: int = 0  # too late or out of time to retry: not counting superseded ones
+    superseded: int = 0  # expired because a later reminder of the booking went instead
     cancelled: int = 0
     retries: int = 0
     lateness_p50: float | None = None
@@ -43,7 +44,7 @@ class GroupStats:
 
     @property
     def delivery_rate(self) -> float | None:
-        """sent / (sent + failed + expired); cancelled reminders were never meant to go."""
+        """sent / (sent + failed + expired); cancelled and superseded ones never were to go."""
         finished = self.sent + self.failed + self.expired
         return round(self.sent / finished, 4) if finished else None
 
@@ -54,6 +55,7 @@ class GroupStats:
             "sent": self.sent,
             "failed": self.failed,
             "expired": self.expired,
+            "superseded": self.superseded,
             "cancelled": self.cancelled,
             "retries": self.retries,
             "delivery_rate": self.delivery_rate,
@@ -84,7 +86,7 @@ class QueueState:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """One row of ``dispatch_runs``."""
+    """One row of ``dispatch_runs``: its counters are ``runs.RUN_COUNTERS``."""
 
     id: int
     host: str
@@ -92,17 +94,13 @@ class RunInfo:
     started_at: datetime
     finished_at: datetime | None
     duration_seconds: float | None
-    claimed: int
-    sent: int
-    retried: int
-    rate_limited: int
-    failed: int
-    expired: int
-    rescued: int
+    counts: dict[str, int]
     exit_code: int | None
 
     @classmethod
     def from_row(cls, row: Any) -> RunInfo:
+        from .runs import RUN_COUNTERS
+
         finished = row.finished_at
         return cls(
             id=row.id,
@@ -111,18 +109,33 @@ class RunInfo:
             started_at=row.started_at,
             finished_at=finished,
             duration_seconds=_seconds(finished - row.started_at if finished else None),
-            claimed=row.claimed,
-            sent=row.sent,
-            retried=row.retried,
-            rate_limited=row.rate_limited,
-            failed=row.failed,
-            expired=row.expired,
-            rescued=row.rescued,
+            counts={str(name): getattr(row, name) or 0 for name in RUN_COUNTERS},
             exit_code=row.exit_code,
         )
 
+    @property
+    def idle(self) -> bool:
+        """A run that found nothing to do (and exited 0)."""
+        return self.exit_code == 0 and not any(self.counts.values())
+
+    def __getattr__(self, name: str) -> int:
+        counts = self.__dict__.get("counts", {})
+        if name in counts:
+            return int(counts[name])
+        raise AttributeError(name)
+
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_seconds": self.duration_seconds,
+            **self.counts,
+            "exit_code": self.exit_code,
+            "idle": self.idle,
+        }
 
 
 @dataclass(frozen=True)
@@ -203,6 +216,10 @@ def stats(store: Store, since: timedelta) -> Stats:
     with store.reader() as conn:
         for row in queries.finished_counts(conn, start):
             group(row.channel, row.kind)[_STATUS_FIELD[row.status]] = row.count
+        for row in queries.superseded_counts(conn, start):
+            entry = group(row.channel, row.kind)
+            entry["superseded"] = row.count
+            entry["expired"] = entry.get("expired", 0) - row.count
         for row in queries.retry_counts(conn, start):
             group(row.channel, row.kind)["retries"] = row.count
         for row in queries.lateness(conn, start):
@@ -218,6 +235,7 @@ def stats(store: Store, since: timedelta) -> Stats:
         sent=sum(g.sent for g in groups),
         failed=sum(g.failed for g in groups),
         expired=sum(g.expired for g in groups),
+        superseded=sum(g.superseded for g in groups),
         cancelled=sum(g.cancelled for g in groups),
         retries=sum(g.retries for g in groups),
         lateness_p50=late["lateness_p50"],
@@ -233,3 +251,48 @@ def _lateness(row: Any) -> dict[str, float | None]:
         "lateness_p95": _round(row.p95),
         "lateness_max": _round(row.max),
     }
+
+
+# --- list --summary ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """``list --summary``: counts per status, what is due, queue lag, recent failures.
+
+    The figures carry the names ``stats`` gives them (``due``, ``oldest_due_age_seconds``).
+    """
+
+    counts: dict[str, int]
+    due: int
+    oldest_due_age_seconds: float | None
+    failed_last_24h: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts,
+            "due": self.due,
+            "oldest_due_age_seconds": self.oldest_due_age_seconds,
+            "failed_last_24h": self.failed_last_24h,
+        }
+
+    def flat(self) -> dict[str, Any]:
+        """One row for CSV: a column per status, then the queue figures."""
+        return self.counts | {k: v for k, v in self.as_dict().items() if k != "counts"}
+
+
+def queue_summary(store: Store, statuses: tuple[str, ...] = ()) -> QueueSummary:
+    """Counts per status (only ``statuses`` when given), due now, the lag, failures in 24 h."""
+    from . import queries
+    from .models import Status
+
+    now = store.clock()
+    with store.reader() as conn:
+        counts = {s.value: 0 for s in Status} | queries.count_by_status(conn)
+        oldest = queries.oldest_due(conn, now)
+        return QueueSummary(
+            counts={k: v for k, v in counts.items() if not statuses or k in statuses},
+            due=queries.count_due(conn, now),
+            oldest_due_age_seconds=_seconds(now - oldest if oldest else None),
+            failed_last_24h=queries.count_failed_since(conn, now - timedelta(hours=24)),
+        )

@@ -45,7 +45,7 @@ from jinja2.exceptions import TemplateRuntimeError
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
-from .errors import InvalidInput
+from .errors import ConfigError, InvalidInput
 from .kinds import Kind, parse_kind
 
 ELLIPSIS = "…"
@@ -374,7 +374,15 @@ def render_reminder(
 
 
 class TemplateError(InvalidInput):
-    """A templates file that cannot be read, parsed or rendered."""
+    """Templates that do not render (``templates check``: exit 2)."""
+
+
+class TemplateFileError(ConfigError):
+    """A templates file that cannot be read (not UTF-8), parsed (TOML) or understood.
+
+    Configuration (exit 3) where a run loads it; ``templates check`` reports it
+    as a check failure (exit 2).
+    """
 
 
 @dataclass(frozen=True)
@@ -411,9 +419,13 @@ class TemplateSet:
             with open(path, "rb") as f:
                 document = tomllib.load(f)
         except OSError as e:
-            raise TemplateError(f"cannot read templates file {path}: {e.strerror}") from e
+            raise TemplateFileError(f"cannot read templates file {path}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise TemplateFileError(
+                f"templates file {path} is not UTF-8 text (byte {e.start}: {e.reason})"
+            ) from e
         except tomllib.TOMLDecodeError as e:
-            raise TemplateError(f"templates file {path} is not valid TOML: {e}") from e
+            raise TemplateFileError(f"templates file {path} is not valid TOML: {e}") from e
         entries: dict[Key, dict[str, str]] = {}
         _collect(document, None, entries, path)
         for locale, table in _table(document.get("locales", {}), "locales", path).items():
@@ -448,7 +460,7 @@ def _candidates(locale: str | None, kind: str, channel: str) -> list[Key]:
 
 def _table(value: Any, where: str, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise TemplateError(f"{path}: [{where}] must be a table")
+        raise TemplateFileError(f"{path}: [{where}] must be a table")
     return value
 
 
@@ -463,14 +475,14 @@ def _entry(
     for name, value in table.items():
         if name in _FIELDS:
             if not isinstance(value, str):
-                raise TemplateError(f"{path}: {where}.{name} must be a string")
+                raise TemplateFileError(f"{path}: {where}.{name} must be a string")
             fields[name] = value
         elif channel is None and name in CHANNELS:
             sub = f"{where}.{name}"
             _entry(_table(value, sub, path), (locale, kind, name), sub, path, out)
         else:
             expected = ", ".join(_FIELDS) + ("" if channel else " or a channel name")
-            raise TemplateError(f"{path}: [{where}] unknown key {name!r} (expected {expected})")
+            raise TemplateFileError(f"{path}: [{where}] unknown key {name!r} (expected {expected})")
     out[key] = fields
 
 
@@ -482,7 +494,7 @@ def _collect(
     unknown = set(document) - allowed
     if unknown:
         where = f" in [locales.{locale}]" if locale else ""
-        raise TemplateError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}{where}")
+        raise TemplateFileError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}{where}")
     if "default" in document:
         where = f"{prefix}default"
         _entry(_table(document["default"], where, path), (locale, None, None), where, path, out)
@@ -491,7 +503,7 @@ def _collect(
         try:
             name = parse_kind(kind).name
         except InvalidInput as e:
-            raise TemplateError(f"{path}: [{where}]: {e.message}") from e
+            raise TemplateFileError(f"{path}: [{where}]: {e.message}") from e
         _entry(_table(table, where, path), (locale, name, None), where, path, out)
 
 
@@ -581,12 +593,113 @@ def check_templates(
                     escape = field_name == "html" or (
                         field_name == "text" and CHECK_CHANNELS[channel_name][0] == "html"
                     )
+                    where = (
+                        f"{templates.path}: [{toml_key(key)}] {field_name} "
+                        f"({kind_name}, {channel_name})"
+                    )
                     try:
-                        render(source, variables, html_escape=escape)
-                        rendered += 1
+                        text = render(source, variables, html_escape=escape)
                     except Exception as e:  # report every failure, keep checking
-                        errors.append(
-                            f"{templates.path}: [{toml_key(key)}] {field_name} "
-                            f"({kind_name}, {channel_name}): {type(e).__name__}: {e}"
-                        )
+                        errors.append(f"{where}: {type(e).__name__}: {e}")
+                        continue
+                    problem = _rendered_problem(text, field_name, escape and field_name == "text")
+                    if problem:
+                        errors.append(f"{where}: {problem}")
+                    else:
+                        rendered += 1
     return rendered, errors
+
+
+def _rendered_problem(text: str, field_name: str, telegram_html: bool) -> str | None:
+    """Why a rendered text would fail at send time: empty, or HTML Telegram refuses."""
+    if field_name != "html" and not text.strip():
+        return f"the rendered {field_name} is empty"
+    if telegram_html:
+        return telegram_html_problem(text)
+    return None
+
+
+# --- Telegram's HTML parse mode ------------------------------------------------------------
+# https://core.telegram.org/bots/api#html-style: only these tags (and attributes), only
+# the named entities &lt; &gt; &amp; &quot; (numeric ones all), every other < > & escaped,
+# and tags properly nested and closed; anything else is a 400 "can't parse entities".
+
+TELEGRAM_TAGS: dict[str, frozenset[str]] = {
+    **{t: frozenset() for t in ("b", "strong", "i", "em", "u", "ins", "s", "strike", "del")},
+    "tg-spoiler": frozenset(),
+    "span": frozenset({"class"}),  # only class="tg-spoiler"
+    "a": frozenset({"href"}),
+    "tg-emoji": frozenset({"emoji-id"}),
+    "code": frozenset({"class"}),  # class="language-…" inside <pre>
+    "pre": frozenset(),
+    "blockquote": frozenset({"expandable"}),
+}
+TELEGRAM_ENTITIES = frozenset({"lt", "gt", "amp", "quot"})
+_MARKUP = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)((?:\s[^<>]*)?)\s*(/?)>|<|>|&")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|([A-Za-z][A-Za-z0-9]*));")
+_ATTRIBUTE = re.compile(
+    r"""\s*([A-Za-z][\w-]*)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+)))?"""
+)
+
+
+def telegram_html_problem(text: str) -> str | None:
+    """What Telegram's HTML parse mode would reject in ``text``, or None."""
+    open_tags: list[str] = []
+    position = 0
+    for match in _MARKUP.finditer(text):
+        token = match.group()
+        if token == "&":
+            entity = _ENTITY.match(text, match.start())
+            if entity is None:
+                return f"a bare & at character {match.start()} (write &amp;)"
+            if entity.group(1) and entity.group(1) not in TELEGRAM_ENTITIES:
+                return f"entity {entity.group()} is not supported (only &lt; &gt; &amp; &quot;)"
+            continue
+        if token in ("<", ">"):
+            if match.start() < position:
+                continue
+            return f"a bare {token} at character {match.start()} (write &lt; or &gt;)"
+        position = match.end()
+        closing, name, attributes, self_closing = match.groups()
+        name = name.lower()
+        if name not in TELEGRAM_TAGS:
+            return f"tag <{name}> is not supported by Telegram"
+        if self_closing:
+            return f"<{name}/> is not supported by Telegram: close it with </{name}>"
+        if closing:
+            if not open_tags or open_tags[-1] != name:
+                expected = f"</{open_tags[-1]}>" if open_tags else "no closing tag"
+                return f"</{name}> does not match (expected {expected})"
+            open_tags.pop()
+            continue
+        problem = _attribute_problem(name, attributes or "")
+        if problem:
+            return problem
+        open_tags.append(name)
+    if open_tags:
+        return f"<{open_tags[-1]}> is never closed"
+    return None
+
+
+def _attribute_problem(name: str, raw: str) -> str | None:
+    allowed = TELEGRAM_TAGS[name]
+    seen: dict[str, str] = {}
+    rest = raw
+    while rest.strip():
+        attribute = _ATTRIBUTE.match(rest)
+        if attribute is None or not attribute.group():
+            return f"<{name}> has malformed attributes"
+        key = attribute.group(1).lower()
+        if key not in allowed:
+            return f"<{name}> does not take the attribute {key!r} in Telegram"
+        seen[key] = next((g for g in attribute.groups()[1:] if g is not None), "")
+        rest = rest[attribute.end() :]
+    if name == "a" and not seen.get("href"):
+        return "<a> needs an href"
+    if name == "span" and seen.get("class") != "tg-spoiler":
+        return '<span> is only supported as <span class="tg-spoiler">'
+    if name == "tg-emoji" and not seen.get("emoji-id"):
+        return "<tg-emoji> needs an emoji-id"
+    if name == "code" and "class" in seen and not seen["class"].startswith("language-"):
+        return '<code class> must be "language-…"'
+    return None

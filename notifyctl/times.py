@@ -142,3 +142,40 @@ Clock = Callable[[], datetime]
 def utcnow() -> datetime:
     """The real clock; everything below the CLI takes a ``Clock`` instead."""
     return datetime.now(UTC)
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as people read it: ``45 s``, ``12 min``, ``1 h 19 min``, ``3 d 4 h``."""
+    whole = round(abs(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes = whole // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def relative_time(when: datetime, now: datetime) -> str:
+    """``in 12 min``, ``3 h ago``, ``in 2 d`` (one unit, rounded down) or ``now``."""
+    seconds = (when - now).total_seconds()
+    whole = int(abs(seconds))
+    if whole < 1:
+        return "now"
+    for size, unit in ((86400 * 2, "d"), (3600, "h"), (60, "min"), (1, "s")):
+        if whole >= size:
+            count = whole // (86400 if unit == "d" else size)
+            break
+    text = f"{count} {unit}"
+    return f"in {text}" if seconds > 0 else f"{text} ago"
+
+
+def local_text(value: datetime, zone: tzinfo, now: datetime | None = None) -> str:
+    """A time in ``zone`` to the minute: ``2026-06-01 14:00``, or ``06-01 14:00`` this year."""
+    local = value.astimezone(zone)
+    if now is not None and now.astimezone(zone).year == local.year:
+        return local.strftime("%m-%d %H:%M")
+    return local.strftime("%Y-%m-%d %H:%M")

@@ -27,7 +27,7 @@ from notifyctl.models import Booking, Notification, Status
 from notifyctl.service import Store, create_booking
 from notifyctl.texts import (
     BUILTIN,
-    TemplateError,
+    TemplateFileError,
     TemplateSet,
     context,
     render,
@@ -131,8 +131,8 @@ def listed(cli: Cli) -> list[dict[str, Any]]:
     return rows
 
 
-def one_line_error(result: CliResult) -> str:
-    assert result.exit_code == 2, (result.stdout, result.stderr)
+def one_line_error(result: CliResult, code: int = 2) -> str:
+    assert result.exit_code == code, (result.stdout, result.stderr)
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     [line] = result.stderr.splitlines()
@@ -594,10 +594,10 @@ def test_check_rejects_a_malformed_file(
     assert names in line
 
 
-def test_loading_a_malformed_file_raises_template_error(tmp_path: Path) -> None:
-    with pytest.raises(TemplateError) as info:
+def test_loading_a_malformed_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(TemplateFileError) as info:
         TemplateSet.load(str(write(tmp_path, '[kinds.weekly]\ntext = "x"\n')))
-    assert info.value.exit_code == 2
+    assert info.value.exit_code == 3
 
 
 # --- templates preview ---------------------------------------------------------------
@@ -697,11 +697,13 @@ def test_preview_of_an_unknown_booking_or_kind_exits_2(cli: Cli) -> None:
     assert "weekly" in bad_kind
 
 
-def test_preview_with_a_bad_templates_file_exits_2(cli: Cli, tmp_path: Path) -> None:
+def test_preview_with_a_bad_templates_file_is_a_configuration_error(
+    cli: Cli, tmp_path: Path
+) -> None:
     create(cli, "b1")
     path = str(write(tmp_path, "[kinds.day_before\n"))
 
-    line = one_line_error(cli("templates", "preview", "b1", NOTIFYCTL_TEMPLATES=path))
+    line = one_line_error(cli("templates", "preview", "b1", NOTIFYCTL_TEMPLATES=path), code=3)
 
     assert path in line
 
@@ -784,20 +786,25 @@ def test_a_field_the_channel_never_uses_cannot_fail_its_reminder(
 
 @pytest.mark.parametrize(
     "content",
-    ["[kinds.hour_before\n", '[kinds.weekly]\ntext = "x"\n', None],
-    ids=["bad-toml", "unknown-kind", "missing-file"],
+    [
+        b"[kinds.hour_before\n",
+        b'[kinds.weekly]\ntext = "x"\n',
+        None,
+        '[kinds.hour_before]\ntext = "Caf\u00e9 {{ title }}"\n'.encode("latin-1"),
+    ],
+    ids=["bad-toml", "unknown-kind", "missing-file", "not-utf8"],
 )
-def test_a_bad_templates_file_stops_dispatch_before_claiming(
-    cli: Cli, tmp_path: Path, content: str | None
+def test_a_bad_templates_file_stops_dispatch_before_claiming_with_exit_3(
+    cli: Cli, tmp_path: Path, content: bytes | None
 ) -> None:
     path = tmp_path / "templates.toml"
     if content is not None:
-        path.write_text(content, encoding="utf-8")
+        path.write_bytes(content)
     _create_due(cli, "b1", "--to", "console:a", "--to", "console:b")
 
     result = cli("dispatch", NOTIFYCTL_TEMPLATES=str(path))
 
-    line = one_line_error(result)
+    line = one_line_error(result, code=3)
     assert str(path) in line
     rows = listed(cli)
     assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 0), ("pending", 0)]
