@@ -11,6 +11,7 @@ import enum
 import os
 import re
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from .config import (
 )
 from .errors import ConfigError, ExitCode, InvalidInput, NotifyctlError
 from .render import Output, inert, render_csv, render_json, render_json_rows, render_table
-from .times import zone_name
+from .times import utcnow, zone_name
 
 __all__ = ["app", "main"]
 
@@ -56,6 +57,7 @@ class NotifyctlGroup(TyperGroup):
     ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         warn_secret_options(argv)
+        conventional_help(self)
         code = run_guarded(
             lambda: super(NotifyctlGroup, self).main(
                 argv, prog_name or "notifyctl", complete_var, standalone_mode=False, **extra
@@ -121,11 +123,92 @@ def warn_secret_options(argv: Sequence[str]) -> None:
             )
 
 
+#: one placeholder style in --help: what a value is, in capitals
+METAVARS = {
+    "--starts-at": "T",
+    "--ends-at": "T",
+    "--due-before": "T",
+    "--due-after": "T",
+    "--to": "R",
+    "--title": "TEXT",
+    "--timezone": "ZONE",
+    "--remind": "KIND",
+    "--kind": "KIND",
+    "--locale": "LOCALE",
+    "--data": "KEY=VALUE",
+    "--from-file": "PATH",
+    "--metrics-file": "PATH",
+    "--templates": "PATH",
+    "--database-url": "URL",
+    "--telegram-api-url": "URL",
+    "--ping-url": "URL",
+    "--telegram-token": "TOKEN",
+    "--notification": "ID",
+    "--booking": "ID",
+    "--status": "STATUS",
+    "--since": "DURATION",
+    "--older-than": "DURATION",
+    "--downgrade": "REV",
+}
+
+
+def conventional_help(command: Any) -> None:
+    """Every command's --help in one style: ``--to R``, ``--limit N``, ``BOOKING_ID``,
+    flags shown as flags (``--dry-run``, not ``--dry-run / --no-dry-run [default: …]``)."""
+    for param in getattr(command, "params", []):
+        if param.param_type_name == "option":
+            if param.is_flag and param.secondary_opts:
+                param.secondary_opts = []
+                param.show_default = False
+            elif not param.is_flag and param.metavar is None:
+                long_name = max(param.opts, key=len)
+                kind = getattr(param.type, "name", "")
+                numbers = ("int", "integer", "float", "int range", "float range", "integer range")
+                fallback = "N" if kind in numbers else "TEXT"
+                param.metavar = METAVARS.get(long_name, fallback)
+        elif param.param_type_name == "argument" and param.metavar is None:
+            name = (param.name or "arg").upper()
+            name = f"{name}..." if param.nargs == -1 else name
+            shown = name if param.required else f"[{name}]"
+            param.metavar = shown
+            param.make_metavar = lambda *_args, _shown=shown, **_kwargs: _shown
+    for sub in getattr(command, "commands", {}).values():
+        conventional_help(sub)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"notifyctl {__version__}")
+        raise typer.Exit()
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``| head``): not an error, and nothing more to say.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush stays quiet.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (tests)
+        pass
+    return ExitCode.OK
+
+
 def run_guarded(call: Any, *, debug: bool) -> int:
     try:
         result = call()
     except typer.Exit as e:
         return e.exit_code
+    except click.NoArgsIsHelpError as e:  # bare `notifyctl`: the help, not an error
+        try:
+            print(e.ctx.get_help() if e.ctx else e.format_message())
+        except BrokenPipeError:
+            return _reader_gone()
+        return ExitCode.USAGE
     except click.UsageError as e:
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
         _error(f"{e.format_message()}{hint}")
@@ -143,7 +226,11 @@ def run_guarded(call: Any, *, debug: bool) -> int:
         _error("interrupted")
         return 130
     except BrokenPipeError:
-        return ExitCode.INTERNAL
+        return _reader_gone()
+    except SystemExit as e:  # click turns a closed pipe into a silent exit 1
+        if isinstance(e.__context__, BrokenPipeError):
+            return _reader_gone()
+        raise
     except Exception as e:  # the chokepoint: anything unexpected is a bug
         if debug:
             print(redact(traceback.format_exc()), file=sys.stderr, end="")
@@ -162,6 +249,19 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Booking reminders from cron: create, dispatch, cancel - no daemon."""
+
 
 # --- option bundles, defined once ------------------------------------------------------
 
@@ -200,15 +300,17 @@ def _settings(database_url: str | None, **fields: Any) -> Settings:
     return settings
 
 
-def _open(database_url: str | None) -> Any:
+def _open(database_url: str | None, read_only: bool = False) -> Any:
     from .db import open_store
 
-    return open_store(_settings(database_url).database_url)
+    url = _settings(database_url).database_url
+    return open_store(url, read_only=True) if read_only else open_store(url)
 
 
 @contextmanager
-def _store(database_url: str | None) -> Iterator[Any]:
-    store = _open(database_url)
+def _store(database_url: str | None, *, read_only: bool = False) -> Iterator[Any]:
+    """The store; ``read_only`` for commands that only read (works on a store they cannot write)."""
+    store = _open(database_url, read_only)
     try:
         yield store
     finally:
@@ -477,7 +579,7 @@ def list_(
             )
         _list_summary(database_url, fmt, statuses if status else (), output)
         return
-    with _store(database_url) as store:
+    with _store(database_url, read_only=True) as store:
         now = store.clock()
         where = ListFilter(
             statuses=statuses,
@@ -557,7 +659,7 @@ def _list_summary(
     from .stats import queue_summary
     from .times import human_duration
 
-    with _store(database_url) as store:
+    with _store(database_url, read_only=True) as store:
         result = queue_summary(store, statuses)
     if fmt == ListFormat.json:
         output.line(render_json(result.as_dict()))
@@ -605,7 +707,12 @@ def dispatch(
         float, _env_option("BACKOFF_BASE", "First retry delay in seconds (doubles, max 1 h).")
     ] = 30.0,
     rate_limit: Annotated[
-        float, _env_option("RATE_LIMIT", "Messages/s per bot, across all runs sharing the store.")
+        float,
+        _env_option(
+            "RATE_LIMIT",
+            "Messages/s per bot, across all runs sharing the store (at most 10000).",
+            max=10_000,
+        ),
     ] = 25.0,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be sent; change nothing.")
@@ -652,7 +759,7 @@ def dispatch(
 ) -> None:
     """Deliver what is due, retry what failed for a passing reason, and exit (run from cron)."""
     from . import metrics, pings
-    from .runs import DispatchOptions, idle_run
+    from .runs import DispatchOptions
 
     options = DispatchOptions(
         batch_size=batch_size,
@@ -672,7 +779,40 @@ def dispatch(
     )
     _configure_logging(verbose)
     output = _output()
+    if ping_url:
+        pings.check_ping_url(ping_url)
     health = pings.Healthcheck(None if dry_run else ping_url)
+    started = time.monotonic()
+    try:
+        report = _dispatch_under(health, settings, options, output, metrics_file, json_out)
+    except Exception as e:  # the run failed early: the metrics file still tells
+        if metrics_file is not None and not dry_run:
+            code = int(e.exit_code) if isinstance(e, NotifyctlError) else int(ExitCode.INTERNAL)
+            metrics.export_failed_run(metrics_file, code, time.monotonic() - started, utcnow())
+        raise
+    if report is None:
+        return
+    if json_out:
+        output.line(render_json(report.as_dict()))
+    elif not report.idle:
+        output.line(report.summary_line())
+    if report.error:
+        raise ConfigError(report.error)
+
+
+def _dispatch_under(
+    health: Any,
+    settings: Settings,
+    options: Any,
+    output: Output,
+    metrics_file: Path | None,
+    json_out: bool,
+) -> Any:
+    """One run (or a dry run: None) inside its healthcheck pings."""
+    from . import metrics
+    from .runs import idle_run
+
+    dry_run = options.dry_run
     with health, _store(settings.database_url) as store:
         if dry_run:
             from .channels import config_problems
@@ -694,17 +834,12 @@ def dispatch(
                     "; ".join(problems.values())
                     + " (a run would give these reminders back and send the rest)"
                 )
-            return
-        report = idle_run(store) or _run_dispatch(store, settings, options, output)
+            return None
+        report = idle_run(store, options) or _run_dispatch(store, settings, options, output)
         health.finish(report)
         if metrics_file is not None:
             metrics.export_metrics(store, metrics_file, report)
-    if json_out:
-        output.line(render_json(report.as_dict()))
-    elif not report.idle:
-        output.line(report.summary_line())
-    if report.error:
-        raise ConfigError(report.error)
+    return report
 
 
 def _run_dispatch(store: Any, settings: Settings, options: Any, output: Output) -> Any:
@@ -806,7 +941,7 @@ def templates_preview(
     from .preview import preview_booking
 
     settings = _settings(database_url, templates_path=templates)
-    with _store(settings.database_url) as store:
+    with _store(settings.database_url, read_only=True) as store:
         items = preview_booking(
             store, settings, booking_id, parse_kind(kind).name if kind else None
         )
@@ -845,7 +980,7 @@ def stats(
 
     window = parse_duration(since)
     zone = parse_zone(timezone)
-    with _store(database_url) as store:
+    with _store(database_url, read_only=True) as store:
         result = stats_use_case(store, window)
     output = _output()
     if fmt == StatsFormat.json:
@@ -1021,36 +1156,53 @@ def prune(
 
 @app.command()
 def migrate(
-    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
-    check: Annotated[bool, typer.Option(help="Exit 1 if the database is behind head.")] = False,
-    sql: Annotated[bool, typer.Option(help="Print the SQL instead of running it.")] = False,
-    downgrade: Annotated[
-        str | None, typer.Option(help="Downgrade to REV (e.g. base) instead.", metavar="REV")
+    revision: Annotated[
+        str | None, typer.Argument(metavar="[REVISION]", help="Target revision (default: head).")
     ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 if the database is behind head; change nothing.")
+    ] = False,
+    sql: Annotated[
+        bool, typer.Option("--sql", help="Print the SQL instead of running it.")
+    ] = False,
+    downgrade: Annotated[
+        str | None,
+        typer.Option(
+            "--downgrade", metavar="REV", help="Downgrade to REV (e.g. base: drops every table)."
+        ),
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Downgrade without asking (scripts).")
+    ] = False,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create or upgrade the database schema (safe to run twice)."""
     from . import migrate as migrations
     from .db import make_engine, translate_errors
 
+    _migrate_usage(revision, check=check, sql=sql, downgrade=downgrade)
     settings = _settings(database_url)
     output = _output()
     if sql:
+        target = downgrade if downgrade is not None else revision or "head"
         output.stdout.write(
-            migrations.sql(settings.database_url, downgrade or revision, down=downgrade is not None)
+            migrations.sql(settings.database_url, target, down=downgrade is not None)
         )
         return
-    engine = make_engine(settings.database_url, create_file=not check)
+    if check:
+        with translate_errors(settings.database_url):
+            head = _migrate_check(settings.database_url)
+        output.line(f"database is at head ({head})")
+        return
+    if downgrade is not None and not yes:
+        _confirm_downgrade(downgrade, redact_url(settings.database_url))
+    engine = make_engine(settings.database_url)
     try:
         with translate_errors(settings.database_url):
-            if check:
-                head = migrations.check(engine)
-                output.line(f"database is at head ({head})")
-                return
             if downgrade is not None:
                 result = migrations.downgrade(engine, downgrade)
             else:
-                result = migrations.upgrade(engine, revision)
+                result = migrations.upgrade(engine, revision or "head")
     finally:
         engine.dispose()
     where = redact_url(engine.url.render_as_string(hide_password=True))
@@ -1058,6 +1210,44 @@ def migrate(
         output.line(f"migrated {where} from {result.before or 'empty'} to {result.after or 'base'}")
     else:
         output.line(f"{where} is already at {result.after or 'base'}")
+
+
+def _migrate_usage(revision: str | None, *, check: bool, sql: bool, downgrade: str | None) -> None:
+    """Options that contradict each other are an error, never silently ignored."""
+    if check and (sql or downgrade is not None or revision is not None):
+        raise InvalidInput("--check only checks: give it no REVISION, --sql or --downgrade")
+    if downgrade is not None and revision is not None:
+        raise InvalidInput(
+            f"give the target once: --downgrade {downgrade} or REVISION {revision}, not both"
+        )
+
+
+def _migrate_check(url: str) -> str:
+    """The head revision, or CheckFailed (exit 1) when behind; a missing file is behind too."""
+    from . import migrate as migrations
+    from .db import make_engine
+    from .errors import CheckFailed, SchemaNotCurrent
+
+    try:
+        engine = make_engine(url, create_file=False, read_only=True)
+    except SchemaNotCurrent as e:  # no file yet: an empty schema, as behind as can be
+        raise CheckFailed(
+            f"database is at an empty schema (no file yet), head is {migrations.head_revision()}"
+        ) from e
+    try:
+        return migrations.check(engine)
+    finally:
+        engine.dispose()
+
+
+def _confirm_downgrade(target: str, where: str) -> None:
+    what = "drops every table and all data" if target == "base" else f"goes back to {target}"
+    if not sys.stdin.isatty():
+        raise InvalidInput(
+            f"--downgrade {target} {what} of {where}: add --yes to do it without a terminal"
+        )
+    if not typer.confirm(f"Downgrade {where}? This {what}.", default=False, err=True):
+        raise InvalidInput("downgrade not confirmed: nothing changed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

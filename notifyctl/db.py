@@ -126,14 +126,16 @@ def ensure_private_sqlite_file(path: Path) -> None:
         raise DatabaseError(f"cannot create database file {path}: {e.strerror}") from e
 
 
-def make_engine(raw_url: str, *, create_file: bool = True) -> Engine:
+def make_engine(raw_url: str, *, create_file: bool = True, read_only: bool = False) -> Engine:
+    """An engine for ``raw_url``; ``read_only`` opens a SQLite file read-only (``mode=ro``),
+    so commands that only read work on a store they cannot write (a backup, another user's)."""
     url = normalise_url(raw_url)
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, create_file=create_file)
+        return _sqlite_engine(url, create_file=create_file and not read_only, read_only=read_only)
     return create_engine(url, hide_parameters=True, connect_args={"connect_timeout": 10})
 
 
-def _sqlite_engine(url: URL, *, create_file: bool) -> Engine:
+def _sqlite_engine(url: URL, *, create_file: bool, read_only: bool = False) -> Engine:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
         path = Path(database).expanduser()
@@ -142,6 +144,11 @@ def _sqlite_engine(url: URL, *, create_file: bool) -> Engine:
         elif not path.exists():
             raise SchemaNotCurrent(f"database file {path} does not exist: run `notifyctl migrate`")
         url = url.set(database=str(path))
+        if read_only:
+            from urllib.parse import quote
+
+            uri = f"file:{quote(str(path.absolute()))}"
+            url = url.set(database=uri, query={**url.query, "mode": "ro", "uri": "true"})
     engine = create_engine(
         url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     )
@@ -151,14 +158,15 @@ def _sqlite_engine(url: URL, *, create_file: bool) -> Engine:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        if not read_only:  # switching (even to WAL again) needs to write
+            cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        readonly = conn.get_execution_options().get("readonly", False)
+        readonly = read_only or conn.get_execution_options().get("readonly", False)
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine
@@ -234,9 +242,14 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(database_url: str, *, clock: Clock = utcnow, check: bool = True) -> Store:
-    """Connect to a migrated store; exit-4 errors when unreachable or not at head."""
-    engine = make_engine(database_url, create_file=False)
+def open_store(
+    database_url: str, *, clock: Clock = utcnow, check: bool = True, read_only: bool = False
+) -> Store:
+    """Connect to a migrated store; exit-4 errors when unreachable or not at head.
+
+    ``read_only``: for commands that only read (``list``, ``stats``, previews).
+    """
+    engine = make_engine(database_url, create_file=False, read_only=read_only)
     if check:
         try:
             with translate_errors(database_url):

@@ -93,14 +93,15 @@ def check(engine: Engine) -> str:
 
 
 def sql(url: str, revision: str, *, down: bool = False) -> str:
-    """The SQL that upgrade (or downgrade) would run, without running it."""
+    """The SQL that upgrade to ``revision`` (or downgrade from head to it) would run."""
     buffer = io.StringIO()
     config = alembic_config(url, buffer)
     try:
-        if down:
-            command.downgrade(config, revision, sql=True)
+        if down:  # offline, Alembic needs where to start: the SQL from head down to the target
+            command.downgrade(config, f"head:{revision}", sql=True)
         else:
             command.upgrade(config, revision, sql=True)
     except CommandError as e:
-        raise InvalidInput(f"cannot render SQL for {revision!r}: {e}") from e
+        what = "a downgrade to" if down else "an upgrade to"
+        raise InvalidInput(f"cannot render the SQL of {what} {revision!r}: {e}") from e
     return buffer.getvalue()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import REDACTED, redact, redact_url
-from .errors import NotifyctlError
+from .errors import InvalidInput, NotifyctlError
 
 if TYPE_CHECKING:
     import requests
@@ -64,6 +64,20 @@ def _scrub(text: str, url: str) -> str:
     if query:
         text = text.replace(f"?{query}", f"?{REDACTED}")
     return redact(text)
+
+
+def check_ping_url(url: str) -> None:
+    """An http(s) URL with a host, or exit 2 now (not a warning every minute)."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InvalidInput(
+            f"invalid --ping-url {redact_ping_url(url)!r}: use an http(s) URL, "
+            "e.g. https://hc-ping.com/<uuid>"
+        )
 
 
 def ping_target(url: str, event: PingEvent) -> str:
