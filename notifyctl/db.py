@@ -126,6 +126,12 @@ def ensure_private_sqlite_file(path: Path) -> None:
         raise DatabaseError(f"cannot create database file {path}: {e.strerror}") from e
 
 
+def _no_wal_possible(path: Path) -> bool:
+    """No ``-shm`` beside the file, and its directory is not writable (a backup, a mount)."""
+    shm = path.with_name(path.name + "-shm")
+    return not shm.exists() and not os.access(path.parent, os.W_OK)
+
+
 def make_engine(raw_url: str, *, create_file: bool = True, read_only: bool = False) -> Engine:
     """An engine for ``raw_url``; ``read_only`` opens a SQLite file read-only (``mode=ro``),
     so commands that only read work on a store they cannot write (a backup, another user's)."""
@@ -148,7 +154,12 @@ def _sqlite_engine(url: URL, *, create_file: bool, read_only: bool = False) -> E
             from urllib.parse import quote
 
             uri = f"file:{quote(str(path.absolute()))}"
-            url = url.set(database=uri, query={**url.query, "mode": "ro", "uri": "true"})
+            query = {**url.query, "mode": "ro", "uri": "true"}
+            if _no_wal_possible(path):
+                # nobody has the store open in WAL mode (no -shm) and nobody can (read-only
+                # directory): SQLite may read it as a file that cannot change
+                query["immutable"] = "1"
+            url = url.set(database=uri, query=query)
     engine = create_engine(
         url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     )

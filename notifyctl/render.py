@@ -167,9 +167,9 @@ def render_table(
     cells = [[_cell(row[f]) for f in fields] for row in rows]
     natural = [max([len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
     gaps = 2 * (len(fields) - 1)
-    floors = [
-        (cut[f] if isinstance(cut, Mapping) else MIN_CUT_WIDTH) if f in cut else None
-        for f in fields
+    floors = [  # a header is never cut
+        max(cut[f] if isinstance(cut, Mapping) else MIN_CUT_WIDTH, len(n)) if f in cut else None
+        for f, n in zip(fields, names, strict=True)
     ]
     widths = fit_widths(natural, floors, console.width - gaps, [f in cut_last for f in fields])
     # Text cells are never parsed as markup: "[/x]" or "[link=…]" in a booking id is shown
