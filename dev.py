@@ -54,10 +54,23 @@ def ensure_postgres() -> None:
             return
 
 
+#: the demo's own store, started afresh each time: never the user's real default store
+DEMO_STORE = ROOT / ".demo" / "notifyctl.db"
+
+
 def demo() -> None:
     ensure_venv()
     notifyctl = BIN / "notifyctl"
-    run(notifyctl, "migrate")
+    for leftover in DEMO_STORE.parent.glob(DEMO_STORE.name + "*"):
+        leftover.unlink()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NOTIFYCTL_", "TELEGRAM_")) and k != "DATABASE_URL"
+    }
+    env["NOTIFYCTL_DATABASE_URL"] = f"sqlite:///{DEMO_STORE}"
+    print(f"demo store: {DEMO_STORE} (your own store is not touched)", flush=True)
+    run(notifyctl, "migrate", env=env)
     run(
         notifyctl,
         "create",
@@ -72,9 +85,10 @@ def demo() -> None:
         "Europe/Berlin",
         "--to",
         "console:you",
+        env=env,
     )
-    run(notifyctl, "dispatch")
-    run(notifyctl, "list", "--status", "all", "--booking", "demo-yoga")
+    run(notifyctl, "dispatch", env=env)
+    run(notifyctl, "list", "--status", "all", "--booking", "demo-yoga", env=env)
 
 
 def test(*pytest_args: str) -> None:
