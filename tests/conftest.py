@@ -23,10 +23,11 @@ from tests.support import Cli, FrozenClock
 
 PG_ADMIN_URL = os.environ.get("NOTIFYCTL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-# Tests must never pick up the developer's own configuration.
+# Tests must never pick up the developer's own configuration (test knobs such as
+# NOTIFYCTL_TEST_PG and NOTIFYCTL_MODEL_EXAMPLES are kept).
 for _name in list(os.environ):
     scrub = _name.startswith(("NOTIFYCTL_", "TELEGRAM_")) or _name == "DATABASE_URL"
-    if scrub and _name != "NOTIFYCTL_TEST_PG":
+    if scrub and _name != "NOTIFYCTL_TEST_PG" and not _name.startswith("NOTIFYCTL_MODEL_"):
         del os.environ[_name]
 
 
