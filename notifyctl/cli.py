@@ -694,8 +694,13 @@ def _env_option(name: str, help_text: str, **kwargs: Any) -> Any:
 def dispatch(
     batch_size: Annotated[int, _env_option("BATCH_SIZE", "Reminders claimed per batch.")] = 50,
     max_seconds: Annotated[
-        float, _env_option("MAX_SECONDS", "Stop claiming after this many seconds.")
-    ] = 50.0,
+        float,
+        _env_option(
+            "MAX_SECONDS",
+            "Budget: send what is due and, until 1 s before this, wait for what falls due "
+            "and send it on its second; then exit.",
+        ),
+    ] = 58.0,
     concurrency: Annotated[int, _env_option("CONCURRENCY", "Sends in parallel.")] = 8,
     lease_seconds: Annotated[
         float, _env_option("LEASE_SECONDS", "A crashed run's claims are rescued after this.")
@@ -716,6 +721,15 @@ def dispatch(
     ] = 25.0,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be sent; change nothing.")
+    ] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            envvar="NOTIFYCTL_NO_WAIT",
+            help="Exit once nothing is due now, instead of waiting within --max-seconds "
+            "for what falls due.",
+        ),
     ] = False,
     telegram_token: Annotated[
         str | None,
@@ -770,6 +784,7 @@ def dispatch(
         backoff_base=backoff_base,
         rate_limit=rate_limit,
         dry_run=dry_run,
+        wait=not no_wait,
     ).validate()
     settings = _settings(
         database_url,

@@ -257,6 +257,7 @@ class Dispatcher:
         # No send starts after the budget: a run ends within --max-seconds plus one
         # send deadline, whatever receivers and pacing waits do.
         budget_end = self.clock() + timedelta(seconds=self.options.max_seconds)
+        wait_until = self.clock() + self.options.wait_horizon
         while self.monotonic() - started < self.options.max_seconds:
             now = self.clock()
             token = str(uuid.uuid4())
@@ -266,7 +267,11 @@ class Dispatcher:
                 )
                 bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
             if not rows:
-                return
+                wake = self._next_wake(now, wait_until)
+                if wake is None:
+                    return
+                self._pacer.sleep_until(wake)  # on time to the second, without a cron tick
+                continue
             report.claimed += len(rows)
             send_by = min(now + lease - margin, budget_end)
             claims = [
@@ -287,6 +292,12 @@ class Dispatcher:
                 self.store, token, {r.id: bookings[r.booking_id] for r in rows}, self.monotonic
             )
             self._send_batch(pool, claims, batch, report)
+
+    def _next_wake(self, now: datetime, wait_until: datetime) -> datetime | None:
+        """When the next reminder falls due, if this run can still wait for it (one query)."""
+        with self.store.reader() as conn:
+            due = queries.next_due(conn, now, self._disabled_now())
+        return due if due is not None and due <= wait_until else None
 
     def _disabled_now(self) -> list[str]:
         with self._lock:

@@ -484,6 +484,17 @@ def claim_due(
     return sorted(rows, key=lambda r: (r.due_at, r.id))
 
 
+def next_due(
+    conn: Connection, after: datetime, skip_channels: Iterable[str] = ()
+) -> datetime | None:
+    """The next ``due_at`` after ``after`` among pending reminders (one step of the due index)."""
+    stmt = select(N.due_at).where(N.status == Status.PENDING, N.due_at > after)
+    skipped = sorted(skip_channels)
+    if skipped:
+        stmt = stmt.where(N.channel.not_in(skipped))
+    return conn.scalar(stmt.order_by(N.due_at, N.id).limit(1))
+
+
 def due_preview(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
     """What ``claim_due`` would take, without taking it (``--dry-run``)."""
     rows: list[Any] = list(

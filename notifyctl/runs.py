@@ -11,7 +11,7 @@ in ``queries``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -21,18 +21,28 @@ from .db import Store, UTCDateTime
 from .errors import InvalidInput
 
 BACKOFF_CAP = 3600.0
+#: a run waits only for what falls due at least this long before its budget ends
+WAIT_MARGIN = 1.0
 
 
 @dataclass(frozen=True)
 class DispatchOptions:
     batch_size: int = 50
-    max_seconds: float = 50.0
+    max_seconds: float = 58.0  # cron starts the next run at 60 s
     concurrency: int = 8
     lease_seconds: float = 300.0
     max_attempts: int = 10
     backoff_base: float = 30.0
     rate_limit: float = 25.0
     dry_run: bool = False
+    wait: bool = True  # wait within the budget for what falls due (SPEC §13)
+
+    @property
+    def wait_horizon(self) -> timedelta:
+        """How far ahead a run waits for what falls due (SPEC §13): its budget, less a margin."""
+        if not self.wait:
+            return timedelta(0)
+        return timedelta(seconds=max(0.0, self.max_seconds - WAIT_MARGIN))
 
     def validate(self) -> DispatchOptions:
         checks = [
@@ -120,13 +130,13 @@ class RunReport:
 
 
 _ANY_WORK = text(
-    "SELECT 1 FROM notifications WHERE status = 'pending' AND due_at <= :now "
+    "SELECT 1 FROM notifications WHERE status = 'pending' AND due_at <= :horizon "
     "UNION ALL "
     "SELECT 1 FROM notifications WHERE status = 'pending' AND not_after <= :now "
     "UNION ALL "
     "SELECT 1 FROM notifications WHERE status = 'sending' AND lease_expires_at <= :now "
     "LIMIT 1"
-).bindparams(bindparam("now", type_=UTCDateTime))
+).bindparams(bindparam("now", type_=UTCDateTime), bindparam("horizon", type_=UTCDateTime))
 
 _RECORD_IDLE_RUN = text(
     "INSERT INTO dispatch_runs (host, pid, started_at, finished_at, claimed, sent, retried, "
@@ -135,12 +145,13 @@ _RECORD_IDLE_RUN = text(
 ).bindparams(bindparam("started", type_=UTCDateTime), bindparam("finished", type_=UTCDateTime))
 
 
-def has_work(conn: Connection, now: datetime) -> bool:
-    """Anything due, past its useful time, or held by a lease that ran out?
+def has_work(conn: Connection, now: datetime, wait: timedelta = timedelta(0)) -> bool:
+    """Anything due (or due within ``wait``), past its useful time, or held by a lease that ran out?
 
     Each branch is served by a partial index (ix_notifications_due, _not_after, _lease).
     """
-    return conn.execute(_ANY_WORK, {"now": now}).first() is not None
+    params = {"now": now, "horizon": now + wait}
+    return conn.execute(_ANY_WORK, params).first() is not None
 
 
 def record_idle_run(
@@ -152,14 +163,17 @@ def record_idle_run(
     )
 
 
-def idle_run(store: Store) -> RunReport | None:
-    """Record and report a run with nothing to do; None when there is work."""
+def idle_run(store: Store, options: DispatchOptions | None = None) -> RunReport | None:
+    """Record and report a run with nothing to do; None when there is work.
+
+    Work includes a reminder falling due while the run could still wait for it.
+    """
     import os
     import socket
 
     started = store.clock()
     with store.transaction() as conn:
-        if has_work(conn, started):
+        if has_work(conn, started, (options or DispatchOptions()).wait_horizon):
             return None
         record_idle_run(conn, socket.gethostname(), os.getpid(), started, store.clock())
     return RunReport()

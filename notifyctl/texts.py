@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 from jinja2 import StrictUndefined, nodes
 from jinja2.exceptions import TemplateRuntimeError
@@ -47,6 +46,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import ConfigError, InvalidInput
 from .kinds import Kind, parse_kind
+from .times import parse_zone
 
 ELLIPSIS = "…"
 
@@ -112,7 +112,7 @@ def context(
     booking: Booking, kind: str, recipient: str, channel: str, now: datetime
 ) -> dict[str, Any]:
     """The variables every template sees."""
-    zone = ZoneInfo(booking.timezone)
+    zone = parse_zone(booking.timezone)
     start = booking.starts_at.astimezone(zone)
     end = booking.ends_at.astimezone(zone)
     local_now = now.astimezone(zone)

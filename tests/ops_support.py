@@ -47,7 +47,7 @@ def dispatch(
 ) -> RunReport:
     """One in-process dispatch run on the frozen clock (sends one at a time: deterministic)."""
     settings = Settings(database_url=database_url, telegram_token=TOKEN, telegram_api_url=api_url)
-    opts = DispatchOptions(**{"concurrency": 1, **options})
+    opts = DispatchOptions(**{"concurrency": 1, "wait": False, **options})
     return Dispatcher(
         store,
         settings,

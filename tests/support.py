@@ -47,7 +47,11 @@ class Cli:
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
-        self.env: dict[str, str | None] = {"NOTIFYCTL_DATABASE_URL": database_url}
+        # runs send what is due and exit: tests of waiting for what falls due opt in
+        self.env: dict[str, str | None] = {
+            "NOTIFYCTL_DATABASE_URL": database_url,
+            "NOTIFYCTL_NO_WAIT": "1",
+        }
 
     def __call__(self, *args: str, input: str | None = None, **env: str | None) -> CliResult:
         runner = CliRunner()

@@ -161,7 +161,7 @@ def process_runner(database_url: str, cwd: Path) -> Run:
     """Like ``Cli``, but each command is a fresh ``python -m notifyctl`` process."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFYCTL_", "TELEGRAM_"))}
     base.pop("DATABASE_URL", None)
-    base.update(NOTIFYCTL_DATABASE_URL=database_url, PYTHONPATH=str(REPO))
+    base.update(NOTIFYCTL_DATABASE_URL=database_url, NOTIFYCTL_NO_WAIT="1", PYTHONPATH=str(REPO))
 
     def run(*args: str, **env: str) -> CliResult:
         done = subprocess.run(

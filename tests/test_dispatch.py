@@ -86,7 +86,7 @@ def dispatcher(
     return Dispatcher(
         store,
         settings,
-        DispatchOptions(**options),
+        DispatchOptions(**{"wait": False, **options}),  # waiting has its own tests
         stdout=io.StringIO(),
         rng=random.Random(1),
         sleep=clock.sleep,
@@ -913,6 +913,7 @@ def subprocess_env(database_url: str, api_url: str) -> dict[str, str]:
     env.pop("DATABASE_URL", None)
     env.update(
         NOTIFYCTL_DATABASE_URL=database_url,
+        NOTIFYCTL_NO_WAIT="1",
         TELEGRAM_BOT_TOKEN=TOKEN,
         TELEGRAM_API_URL=api_url,
         PYTHONPATH=str(REPO),

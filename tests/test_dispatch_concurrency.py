@@ -65,6 +65,7 @@ def env_for(database_url: str, api_url: str) -> dict[str, str]:
     env.pop("DATABASE_URL", None)
     env.update(
         NOTIFYCTL_DATABASE_URL=database_url,
+        NOTIFYCTL_NO_WAIT="1",
         TELEGRAM_BOT_TOKEN=TOKEN,
         TELEGRAM_API_URL=api_url,
         PYTHONPATH=str(REPO),

@@ -538,7 +538,9 @@ class ReminderModel(RuleBasedStateMachine):
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    def dispatch(self, script: list[Step], rate: float, max_attempts: int) -> None:
+    def dispatch(
+        self, script: list[Step], rate: float, max_attempts: int, *, wait: bool = False
+    ) -> None:
         self.runs += 1
         self.script = list(script)
         self.run_deliveries, self.run_last_send, self.run_touched = [], {}, set()
@@ -555,7 +557,7 @@ class ReminderModel(RuleBasedStateMachine):
                 max_attempts=max_attempts,
                 backoff_base=30,
                 rate_limit=rate,
-                wait=False,  # one pass per run step: the model steps the clock itself
+                wait=wait,  # SPEC §13: wait within the budget (the frozen clock's sleep)
             ),
             stdout=io.StringIO(),
             rng=random.Random(self.runs),
@@ -670,10 +672,11 @@ class ReminderModel(RuleBasedStateMachine):
         script=scripts,
         rate=st.sampled_from([25.0, 1.0, 1 / 60]),
         max_attempts=st.sampled_from([10, 2]),
+        wait=st.booleans(),
     )
-    def run_dispatch(self, script: list[Step], rate: float, max_attempts: int) -> None:
+    def run_dispatch(self, script: list[Step], rate: float, max_attempts: int, wait: bool) -> None:
         with self.guarded():
-            self.dispatch(script, rate, max_attempts)
+            self.dispatch(script, rate, max_attempts, wait=wait)
 
     @rule(limit=st.integers(1, 4), sent=st.booleans())
     def crashed_run(self, limit: int, sent: bool) -> None:

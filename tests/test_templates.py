@@ -85,7 +85,7 @@ def dispatch(store: Store, clock: FrozenClock, templates: Path | None, **setting
             webhook_allow="127.0.0.1",  # the receivers listen on loopback
             **settings,
         ),
-        DispatchOptions(),
+        DispatchOptions(wait=False),
         stdout=out,
         rng=random.Random(1),
         sleep=clock.sleep,
