@@ -12,8 +12,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Row
 
@@ -25,6 +25,9 @@ from .errors import InvalidInput, NotFound
 from .kinds import Kind, parse_kinds
 from .models import BookingStatus, Reason, Status
 from .times import implied_zone, parse_time, parse_zone, zone_name
+
+if TYPE_CHECKING:
+    from .stats import QueueSummary
 
 #: the human-readable detail stored beside each reason value
 DETAIL = {
@@ -518,31 +521,8 @@ def _listed(row: Row[Any]) -> dict[str, Any]:
     return fields
 
 
-@dataclass(frozen=True)
-class Summary:
-    counts: dict[str, int]
-    due_now: int
-    oldest_overdue_seconds: float | None
-    failed_last_24h: int
+def summary(store: Store, statuses: tuple[str, ...] = ()) -> QueueSummary:
+    """Python API: the queue now, the same figures as ``list --summary``."""
+    from .stats import queue_summary
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "counts": self.counts,
-            "due_now": self.due_now,
-            "oldest_overdue_seconds": self.oldest_overdue_seconds,
-            "failed_last_24h": self.failed_last_24h,
-        }
-
-
-def summary(store: Store) -> Summary:
-    """Counts per status, what is due, the queue lag, and recent failures."""
-    now = store.clock()
-    with store.reader() as conn:
-        counts = {s.value: 0 for s in Status} | queries.count_by_status(conn)
-        oldest = queries.oldest_due(conn, now)
-        return Summary(
-            counts=counts,
-            due_now=queries.count_due(conn, now),
-            oldest_overdue_seconds=(now - oldest).total_seconds() if oldest else None,
-            failed_last_24h=queries.count_failed_since(conn, now - timedelta(hours=24)),
-        )
+    return queue_summary(store, statuses)
