@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from .config import clip, redact
 from .errors import InvalidInput, shown
 from .service import BookingInput, booking_input
+from .times import collecting_notes, parse_zone
 
 KEYS = ("booking_id", "starts_at", "ends_at", "to", "title", "timezone", "remind", "locale", "data")
 MAX_ERRORS_SHOWN = 50
@@ -38,14 +39,45 @@ _READ_CHUNK = 1 << 16
 
 
 def parse_data_pairs(pairs: Iterable[str]) -> dict[str, str]:
-    """``KEY=VALUE`` strings → dict."""
+    """``KEY=VALUE`` strings → dict; a key given twice is an error, not "the last wins"."""
     data: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InvalidInput(f"invalid data {shown(pair)}: use KEY=VALUE")
+        if key in data:
+            raise InvalidInput(
+                f"data key {shown(key)} given twice ({shown(data[key], 40)} and "
+                f"{shown(value, 40)}): give each key once"
+            )
         data[key] = value
     return data
+
+
+def refuse_past(inp: BookingInput, now: datetime) -> BookingInput:
+    """Refuse a booking none of whose reminders can still be of use, as ``at`` refuses the past.
+
+    A reminder that is merely late but still useful (``at_start`` of a booking that
+    started ten minutes ago) keeps the booking; only when every reminder asked for is
+    past its useful time (the booking ended, or only ``day_before`` for a booking that
+    started) is it refused.
+    """
+    late = [k for k in inp.kinds if k.not_after(inp.starts_at, inp.ends_at) <= now]
+    if inp.kinds and len(late) == len(inp.kinds):
+        zone = parse_zone(inp.timezone)
+        if inp.ends_at <= now:
+            when = inp.ends_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+            raise InvalidInput(
+                f"booking {shown(inp.booking_id)} already ended ({when} {inp.timezone}): "
+                "no reminder can be sent; give a future --ends-at"
+            )
+        when = inp.starts_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+        raise InvalidInput(
+            f"booking {shown(inp.booking_id)} started at {when} {inp.timezone}: every reminder "
+            f"asked for ({', '.join(k.name for k in inp.kinds)}) is too late; "
+            "ask for at_start or before_end"
+        )
+    return inp
 
 
 def _as_list(value: Any) -> list[str]:
@@ -169,8 +201,12 @@ def read_bookings(
     defaults: Mapping[str, Any],
     now: datetime,
     progress: Callable[[int], None] | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[list[BookingInput], list[int]]:
-    """Every booking of a file with its line number; all invalid lines in one error."""
+    """Every booking of a file with its line number; all invalid lines in one error.
+
+    ``notes`` receives ``line N: …`` notes on how a line was read (an ambiguous time).
+    """
     source = _BoundedLines(stream, name)
     first = next(source, "")
     is_json = first.lstrip().startswith("{") or name.endswith((".jsonl", ".ndjson", ".json"))
@@ -181,19 +217,24 @@ def read_bookings(
     inputs: list[BookingInput] = []
     lines: list[int] = []
     errors: list[tuple[int, str]] = []
-    for count, (number, record) in enumerate(records, 1):
-        if progress is not None and count % 1000 == 0:
-            progress(count)
-        if isinstance(record, str):
-            errors.append((number, record))
-            continue
-        try:
-            inputs.append(_to_input(record, defaults, now))
-            lines.append(number)
-        except InvalidInput as e:
-            errors.append((number, e.message))
-        except (ValueError, RecursionError) as e:  # a value Python itself refuses
-            errors.append((number, f"invalid value: {type(e).__name__}"))
+    with collecting_notes() as found:
+        for count, (number, record) in enumerate(records, 1):
+            if progress is not None and count % 1000 == 0:
+                progress(count)
+            if isinstance(record, str):
+                errors.append((number, record))
+                continue
+            try:
+                inputs.append(refuse_past(_to_input(record, defaults, now), now))
+                lines.append(number)
+            except InvalidInput as e:
+                errors.append((number, e.message))
+            except (ValueError, RecursionError) as e:  # a value Python itself refuses
+                errors.append((number, f"invalid value: {type(e).__name__}"))
+            if found:
+                if notes is not None and lines and lines[-1] == number:
+                    notes.extend(f"line {number}: {note}" for note in found)
+                found.clear()
     errors += source.errors
     if errors:
         errors.sort(key=lambda e: e[0])

@@ -342,7 +342,9 @@ def create(
         typer.Option(
             "--to",
             help="Recipient (repeatable): 123456789, -100…, @channel, "
-            "telegram:…, console:NAME, webhook:URL, email:ADDR, apprise:URL.",
+            "telegram:…, console:NAME, webhook:URL, email:ADDR, apprise:URL. "
+            "Commas separate several (123,@news) in a value without a scheme or one "
+            "of Telegram ids/@names only; a URL keeps its commas.",
         ),
     ] = None,
     title: Annotated[str | None, typer.Option(help="What the booking is, e.g. Yoga.")] = None,
@@ -371,12 +373,15 @@ def create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create or update a booking's reminders (upsert by BOOKING_ID)."""
-    from .bookfile import parse_data_pairs, read_bookings
+    from .bookfile import parse_data_pairs, read_bookings, refuse_past
     from .service import booking_input, create_bookings
+    from .times import collecting_notes
 
     output = _output()
     pairs = parse_data_pairs(data or [])
-    with _store(database_url) as store:
+    to = split_recipients(to) if to else to
+    notes: list[str] = []
+    with _store(database_url) as store, collecting_notes() as time_notes:
         now = store.clock()
         if from_file is not None:
             if booking_id is not None:
@@ -394,7 +399,7 @@ def create(
             }
             with _open_input(from_file) as (stream, name):
                 inputs, lines = _read_with_progress(
-                    read_bookings, stream, name, defaults, now, output
+                    read_bookings, stream, name, defaults, now, output, notes
                 )
             results = create_bookings(store, inputs, lines=lines)
         else:
@@ -420,7 +425,10 @@ def create(
                 reactivate=reactivate,
                 now=now,
             )
-            results = create_bookings(store, [inp])
+            notes += time_notes
+            results = create_bookings(store, [refuse_past(inp, now)])
+    for note in dict.fromkeys(notes):  # how a time was read (ambiguous at a DST change)
+        print(inert(f"note: {note}"), file=sys.stderr)
     if json_out:
         body: Any = (
             results[0].as_dict()
@@ -441,16 +449,49 @@ def create(
         )
         return
     for r in results:
-        output.line(
-            inert(
-                f"{r.action} {r.booking_id}: {r.added} added, {r.rescheduled} rescheduled, "
-                f"{r.cancelled} cancelled, {len(r.skipped)} skipped"
-            )
-        )
+        output.line(inert(f"{r.action} {r.booking_id}: {_counts_text(r)}"))
         if r.timezone:
             output.line(inert(f"  time zone {r.timezone} (none given: --timezone sets it)"))
         for s in r.skipped:
             output.line(inert(f"  skipped {s.kind} for {s.channel}:{s.recipient}: {s.reason}"))
+
+
+def _counts_text(result: Any) -> str:
+    """What changed, only the counts that are not zero: a booking whose recipients
+    changed reads "4 added, 3 cancelled", never "0 rescheduled" beside "updated"."""
+    counts = [
+        f"{n} {what}"
+        for n, what in (
+            (result.added, "added"),
+            (result.rescheduled, "rescheduled"),
+            (result.cancelled, "cancelled"),
+            (len(result.skipped), "skipped"),
+        )
+        if n
+    ]
+    return ", ".join(counts) or "no reminder changed"
+
+
+#: values that hold only Telegram chats: ids (123, -100…) and @names, maybe telegram:-prefixed
+_TELEGRAM_LIST = re.compile(
+    r"\s*(?:telegram:)?(?:-?\d+|@\w+)\s*(?:,\s*(?:telegram:)?(?:-?\d+|@\w+)\s*)*,?\s*"
+)
+
+
+def split_recipients(values: Sequence[str]) -> list[str]:
+    """``--to`` values, commas separating several as in ``--remind``.
+
+    A value is split when it has no ``scheme:`` part (bare Telegram ids and
+    @names hold no comma) or is a list of Telegram ids/@names; any other value
+    (``webhook:https://…/a,b``, ``apprise:…``) is one recipient, commas and all.
+    """
+    split: list[str] = []
+    for value in values:
+        if ":" not in value or _TELEGRAM_LIST.fullmatch(value):
+            split += [part.strip() for part in value.split(",") if part.strip()]
+        else:
+            split.append(value)
+    return split
 
 
 @contextmanager
@@ -470,10 +511,16 @@ def _open_input(path: str) -> Iterator[tuple[TextIO, str]]:
 
 
 def _read_with_progress(
-    read: Any, stream: TextIO, name: str, defaults: dict[str, Any], now: Any, output: Output
+    read: Any,
+    stream: TextIO,
+    name: str,
+    defaults: dict[str, Any],
+    now: Any,
+    output: Output,
+    notes: list[str],
 ) -> Any:
     if not sys.stderr.isatty():
-        return read(stream, name=name, defaults=defaults, now=now)
+        return read(stream, name=name, defaults=defaults, now=now, notes=notes)
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     with Progress(
@@ -486,6 +533,7 @@ def _read_with_progress(
             defaults=defaults,
             now=now,
             progress=lambda n: progress.update(task, description=f"{name}: {n} lines"),
+            notes=notes,
         )
 
 
@@ -1142,8 +1190,8 @@ def prune(
         typer.Option(
             "--older-than",
             show_default=False,
-            help="Age cutoff, e.g. 30d: bookings that ended and runs that started before "
-            "now minus this go.",
+            help="Age cutoff in hours, days or weeks (30d, 720h, 2w; not minutes): bookings "
+            "that ended and runs that started before now minus this go.",
         ),
     ],
     dry_run: Annotated[
@@ -1153,10 +1201,10 @@ def prune(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Delete finished bookings (with their reminders and attempts) and old dispatch runs."""
+    from .prune import parse_age
     from .prune import prune as prune_use_case
-    from .times import parse_duration
 
-    age = parse_duration(older_than)
+    age = parse_age(older_than)
     with _store(database_url) as store:
         result = prune_use_case(store, age, dry_run)
     output = _output()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from .errors import InvalidInput
+from .errors import InvalidInput, shown
 from .times import format_duration, parse_duration
 
 Anchor = Literal["start", "end"]
@@ -53,14 +53,19 @@ def parse_kind(text: str) -> Kind:
     match = _OFFSET.fullmatch(raw)
     if not match:
         raise InvalidInput(
-            f"unknown reminder kind {text!r}: use {', '.join(KINDS)} "
+            f"unknown reminder kind {shown(text)}: use {', '.join(KINDS)} "
             "or an offset like start-30m, start-2d, end-10m"
         )
     anchor, sign, amount = match.groups()
+    if anchor == "end" and sign == "+":
+        raise InvalidInput(
+            f"invalid reminder offset {shown(text)}: a reminder after the booking ends is never "
+            "useful; use end-10m, at_start or start+… instead"
+        )
     try:
         delta = parse_duration(amount)
     except InvalidInput as e:
-        raise InvalidInput(f"invalid reminder offset {text!r}: {e.message}") from e
+        raise InvalidInput(f"invalid reminder offset {shown(text)}: {e.message}") from e
     offset = -delta if sign == "-" else delta
     valid_until: Anchor = "start" if anchor == "start" and sign == "-" else "end"
     # canonical name: start-60m and start-1h are one kind, and names fit their column

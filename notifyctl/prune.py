@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .times import iso_utc
+from .errors import InvalidInput, shown
+from .times import iso_utc, parse_duration
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -14,6 +15,21 @@ if TYPE_CHECKING:
     from .db import Store
 
 PRUNE_BATCH = 500
+
+
+def parse_age(text: str) -> timedelta:
+    """``--older-than``: a duration in hours, days or weeks (``30d``, ``720h``, ``2w``).
+
+    Minutes and seconds are refused: ``1m`` would delete everything that ended a
+    minute ago when a month was meant.
+    """
+    age = parse_duration(text)
+    if any(unit in text.strip().lower() for unit in "ms"):
+        raise InvalidInput(
+            f"--older-than {shown(text, 40)}: give hours, days or weeks, e.g. 30d or 720h "
+            "(m is minutes, not months; minutes and seconds are refused here)"
+        )
+    return age
 
 
 @dataclass(frozen=True)

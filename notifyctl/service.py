@@ -21,7 +21,7 @@ from . import queries
 from .channels import parse_recipient, shown_recipient
 from .db import Store as Store
 from .db import open_store as open_store
-from .errors import InvalidInput, NotFound
+from .errors import InvalidInput, NotFound, shown
 from .kinds import Kind, parse_kinds
 from .models import BookingStatus, Reason, Status
 from .times import implied_zone, parse_time, parse_zone, zone_name
@@ -77,7 +77,7 @@ def booking_input(
 ) -> BookingInput:
     """Validate raw values (strings as the CLI and files give them) into a BookingInput."""
     if not _BOOKING_ID.fullmatch(booking_id or "") or booking_id != booking_id.strip():
-        raise InvalidInput(f"invalid booking id {booking_id!r}: 1-128 printable characters")
+        raise InvalidInput(f"invalid booking id {shown(booking_id)}: 1-128 printable characters")
     zone = parse_zone(timezone) if timezone else implied_zone(starts_at, ends_at)
     zone_implied = not timezone
     if zone is None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -98,15 +100,51 @@ def _offset_time(text: str) -> datetime | None:
         return None
 
 
+#: notes about how a time was read (an ambiguous wall-clock time), for the caller to show
+_notes: ContextVar[list[str] | None] = ContextVar("notifyctl_time_notes", default=None)
+
+
+@contextmanager
+def collecting_notes() -> Iterator[list[str]]:
+    """Collect the notes ``localize`` makes while the block runs (e.g. ambiguous times)."""
+    notes: list[str] = []
+    token = _notes.set(notes)
+    try:
+        yield notes
+    finally:
+        _notes.reset(token)
+
+
+def _offset_text(offset: timedelta | None) -> str:
+    minutes = int((offset or timedelta(0)).total_seconds()) // 60
+    hours, rest = divmod(abs(minutes), 60)
+    return f"UTC{'-' if minutes < 0 else '+'}{hours:02d}:{rest:02d}"
+
+
 def localize(naive: datetime, zone: tzinfo) -> datetime:
-    """Read a wall-clock time in ``zone``; reject times a DST gap skips."""
-    aware = naive.replace(tzinfo=zone)
+    """Read a wall-clock time in ``zone``; reject times a DST gap skips.
+
+    A time a DST change repeats (fall back) is taken the first time it occurs
+    (``fold=0``), and a note saying so goes to any ``collecting_notes`` block.
+    """
+    aware = naive.replace(tzinfo=zone, fold=0)
     round_trip = aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
-    if round_trip != naive:
+    if round_trip != naive.replace(fold=0):
         raise InvalidInput(
             f"{naive.isoformat(sep=' ')} does not exist in {zone_name(zone)} "
             "(skipped by a DST change)"
         )
+    second = naive.replace(tzinfo=zone, fold=1).utcoffset()
+    if second != aware.utcoffset():
+        notes = _notes.get()
+        if notes is not None:
+            first, later = _offset_text(aware.utcoffset()), _offset_text(second)
+            spec = "seconds" if naive.second else "minutes"
+            notes.append(
+                f"{naive.isoformat(sep=' ', timespec=spec)} is ambiguous in {zone_name(zone)}; "
+                f"took the first ({first}), write "
+                f"{naive.replace(fold=0).isoformat(timespec=spec)}{later[3:]} for the second"
+            )
     return aware.astimezone(UTC)
 
 
