@@ -661,10 +661,7 @@ def test_from_file_jsonl_creates_every_booking(cli: Cli, database_url: str, tmp_
 
     result = cli.ok("create", "--from-file", path)
 
-    assert (
-        result.stdout.splitlines()[0]
-        == "created j1: 4 added"
-    )
+    assert result.stdout.splitlines()[0] == "created j1: 4 added"
     assert_jsonl_bookings_stored(database_url)
 
 
