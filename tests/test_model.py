@@ -44,7 +44,7 @@ failed/expired with a reason). At the end the clock is walked through every
 due time with a healthy provider until every row is final, and the same
 checks run once more.
 
-``NOTIFYCTL_MODEL_EXAMPLES`` (examples per database; default 150 on SQLite, 75 on
+``NOTIFYCTL_MODEL_EXAMPLES`` (examples per database; default 150 on SQLite, 60 on
 PostgreSQL) and
 ``NOTIFYCTL_MODEL_STEPS`` (steps per example, default 30) make it run longer.
 """
@@ -91,7 +91,7 @@ from notifyctl.service import Store, cancel, create_booking
 from tests import model_channel
 from tests.support import FrozenClock
 
-# CI: ~150 examples on SQLite and ~75 on PostgreSQL, about a minute on two cores
+# CI: 150 examples on SQLite and 60 on PostgreSQL, 60-90 s on two shared cores
 EXAMPLES = os.environ.get("NOTIFYCTL_MODEL_EXAMPLES")
 STEPS = int(os.environ.get("NOTIFYCTL_MODEL_STEPS", "30"))
 MODEL_SETTINGS = settings(
@@ -890,7 +890,7 @@ def test_delivery_guarantees_hold_under_random_interleavings(
 ) -> None:
     stores = FreshStores(database_url, sqlite_template, scratch)
     try:
-        examples = int(EXAMPLES) if EXAMPLES else 150 if stores.sqlite else 75
+        examples = int(EXAMPLES) if EXAMPLES else 150 if stores.sqlite else 60
         run_state_machine_as_test(
             lambda: ReminderModel(stores), settings=settings(MODEL_SETTINGS, max_examples=examples)
         )
