@@ -35,12 +35,33 @@ def default_database_url() -> str:
 
 
 def load_dotenv_file() -> None:
-    """Load ``.env`` from the working directory upwards; never override the environment."""
+    """Load ``.env`` from the working directory upwards; never override the environment.
+
+    python-dotenv logs a line it cannot parse through ``logging`` (bare, without the
+    file); each such complaint is shown once as ``warning: PATH: …`` on stderr instead.
+    """
+    import logging
+    import sys
+
     from dotenv import find_dotenv, load_dotenv
 
     path = find_dotenv(usecwd=True)
-    if path:
+    if not path:
+        return
+    complaints: list[str] = []
+
+    def capture(record: logging.LogRecord) -> bool:
+        complaints.append(record.getMessage())
+        return False  # handled here: not also printed bare by logging's last resort
+
+    logger = logging.getLogger("dotenv.main")
+    logger.addFilter(capture)
+    try:
         load_dotenv(path, override=False)
+    finally:
+        logger.removeFilter(capture)
+    for message in dict.fromkeys(complaints):
+        print(f"warning: {path}: {message}", file=sys.stderr)
 
 
 @dataclass(frozen=True)

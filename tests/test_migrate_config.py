@@ -521,3 +521,17 @@ def test_every_command_is_covered_by_the_help_test() -> None:
     names = {path[0] for path in command_paths()}
 
     assert {"create", "cancel", "list", "dispatch", "migrate"} <= names
+
+
+def test_dotenv_parse_warning_is_one_warning_line_naming_the_file(
+    project: Path, tmp_path: Path
+) -> None:
+    dotenv = project.parent / ".env"
+    dotenv.write_text(dotenv.read_text() + "this is not a setting\n")
+
+    result = notifyctl("migrate", cwd=project, env=scrubbed_env(tmp_path))
+
+    assert result.stderr.splitlines() == [
+        f"warning: {dotenv}: python-dotenv could not parse statement starting at line 3"
+    ]
+    assert (tmp_path / "dotenv.db").exists()  # the lines it could parse still apply
