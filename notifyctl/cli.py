@@ -999,7 +999,8 @@ def templates_preview(
     json_out: JsonFlag = False,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Show the text each recipient of a booking would get."""
+    """Show what each recipient of a booking would get (subject and HTML part where the
+    channel sends them) and each reminder's status."""
     from .kinds import parse_kind
     from .preview import preview_booking
 
@@ -1013,8 +1014,14 @@ def templates_preview(
         output.line(render_json([item.__dict__ for item in items]))
         return
     for item in items:
-        head = inert(f"#{item.id} {item.kind} → {item.channel}:{item.recipient}")
-        output.line(f"{head}\n  {inert(item.text, keep=chr(10))}")
+        head = inert(f"#{item.id} {item.kind} → {item.channel}:{item.recipient} ({item.status})")
+        lines = [head]
+        if item.subject is not None:
+            lines.append(inert(f"  subject: {item.subject}"))
+        lines.append(f"  {inert(item.text, keep=chr(10))}")
+        if item.html is not None:
+            lines.append(f"  html: {inert(item.html, keep=chr(10))}")
+        output.line("\n".join(lines))
 
 
 # --- stats / prune ----------------------------------------------------------------------

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +27,22 @@ class Preview:
     recipient: str
     kind: str
     text: str
+    #: the reminder's status (templates preview; None in a dispatch dry run, all pending)
+    status: str | None = None
+    #: the subject and HTML part, for channels that send them (email)
+    subject: str | None = None
+    html: str | None = None
+
+
+def _channel_parts(channel: str) -> tuple[frozenset[str], Callable[[Any], str] | None]:
+    """The optional parts a channel sends (``subject``, ``html``) and its subject rule."""
+    from .channels import channel_module
+    from .texts import CHECK_CHANNELS
+
+    parts = CHECK_CHANNELS.get(channel, ("plain", frozenset()))[1]
+    if "subject" not in parts:
+        return parts, None
+    return parts, getattr(channel_module(channel), "subject_for", None)
 
 
 def preview(store: Store, settings: Settings, limit: int = 1000) -> list[Preview]:
@@ -50,7 +66,12 @@ def preview_booking(
                 f"no reminders for booking {booking_id!r}" + (f" of kind {kind}" if kind else "")
             )
         bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
-    return _previews(rows, bookings, lambda row: max(now, row.due_at), load_templates(settings))
+        where = queries.ListFilter(statuses=(), booking_id=booking_id, kind=kind)
+        statuses = {r.id: r.status for r in queries.list_notifications(conn, where)}
+    previews = _previews(
+        rows, bookings, lambda row: max(now, row.due_at), load_templates(settings), parts=True
+    )
+    return [replace(p, status=statuses.get(p.id)) for p in previews]
 
 
 def _previews(
@@ -58,9 +79,13 @@ def _previews(
     bookings: dict[int, Row[Any]],
     when: Callable[[Row[Any]], datetime],
     templates: Any,
+    *,
+    parts: bool = False,
 ) -> list[Preview]:
     previews = []
     for row in rows:
+        wanted, subject_rule = _channel_parts(row.channel) if parts else (frozenset(), None)
+        subject = html = None
         try:
             rendered, _ = render_for(
                 bookings[row.booking_id],
@@ -69,11 +94,24 @@ def _previews(
                 row.recipient,
                 when(row),
                 templates,
+                parts=wanted,
             )
             text = rendered.text
+            if "subject" in wanted:  # what the channel sends, its default included
+                subject = subject_rule(rendered) if subject_rule else rendered.subject
+            if "html" in wanted:
+                html = rendered.html
         except Exception as e:  # show the failure the run would record
             text = redact(f"<template error: {type(e).__name__}: {e}>")
         previews.append(
-            Preview(row.id, row.channel, shown_recipient(row.recipient), row.kind, text)
+            Preview(
+                row.id,
+                row.channel,
+                shown_recipient(row.recipient),
+                row.kind,
+                text,
+                subject=subject,
+                html=html,
+            )
         )
     return previews

@@ -651,8 +651,10 @@ def test_preview_renders_create_locale_and_data(cli: Cli, tmp_path: Path) -> Non
         if r["kind"] == "hour_before"
     }
     assert de.stdout == (
-        f"#{ids[('b-de', 'desk')]} hour_before → console:desk\n  DE Yoga in Raum A1 (de)\n"
-        f"#{ids[('b-de', '12345')]} hour_before → telegram:12345\n  DE Yoga in Raum A1 (de)\n"
+        f"#{ids[('b-de', 'desk')]} hour_before → console:desk (pending)\n"
+        "  DE Yoga in Raum A1 (de)\n"
+        f"#{ids[('b-de', '12345')]} hour_before → telegram:12345 (pending)\n"
+        "  DE Yoga in Raum A1 (de)\n"
     )
     assert pt.stdout.endswith("\n  PT Yoga na sala B2\n")
     assert en.stdout.endswith("\n  EN Yoga room C3\n")
@@ -685,6 +687,42 @@ def test_preview_shows_every_reminder_as_of_when_it_is_due_and_as_json(
     # rendered as of when it will be sent (a day before), not as of now (three days before)
     assert all(re.fullmatch(r"Yoga starts tomorrow at \d\d:\d\d", i["text"]) for i in items)
     assert {i["id"] for i in items} == {r["id"] for r in listed(cli) if r["kind"] == "day_before"}
+
+
+EMAIL_PREVIEW = """\
+[kinds.hour_before]
+text = "{{ title }} in an hour"
+subject = "Soon: {{ title }}"
+html = "<p>{{ title }} <b>in an hour</b></p>"
+"""
+
+
+def test_preview_shows_email_subject_and_html_and_each_status(cli: Cli, tmp_path: Path) -> None:
+    path = str(write(tmp_path, EMAIL_PREVIEW))
+    create(cli, "b1", "--remind", "hour_before", to=("email:ann@example.com", "console:desk"))
+    cli.ok("cancel", "b1")
+
+    text = cli.ok("templates", "preview", "b1", NOTIFYCTL_TEMPLATES=path)
+    items = json.loads(
+        cli.ok("templates", "preview", "b1", "--json", NOTIFYCTL_TEMPLATES=path).stdout
+    )
+
+    ids = {r["recipient"]: r["id"] for r in listed(cli)}
+    assert text.stdout == (
+        f"#{ids['ann@example.com']} hour_before → email:ann@example.com (cancelled)\n"
+        "  subject: Soon: Yoga\n"
+        "  Yoga in an hour\n"
+        "  html: <p>Yoga <b>in an hour</b></p>\n"
+        f"#{ids['desk']} hour_before → console:desk (cancelled)\n"
+        "  Yoga in an hour\n"
+    )
+    by_channel = {i["channel"]: i for i in items}
+    assert (by_channel["email"]["subject"], by_channel["email"]["status"]) == (
+        "Soon: Yoga",
+        "cancelled",
+    )
+    assert by_channel["email"]["html"] == "<p>Yoga <b>in an hour</b></p>"
+    assert (by_channel["console"]["subject"], by_channel["console"]["html"]) == (None, None)
 
 
 def test_preview_of_an_unknown_booking_or_kind_exits_2(cli: Cli) -> None:
