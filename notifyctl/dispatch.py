@@ -266,6 +266,7 @@ class Dispatcher:
                     conn, now, self.options.batch_size, token, lease, self._disabled_now()
                 )
                 bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
+                superseded = queries.superseded_among(conn, [r.id for r in rows], now)
             if not rows:
                 wake = self._next_wake(now, wait_until)
                 if wake is None:
@@ -288,6 +289,9 @@ class Dispatcher:
                 )
                 for row in rows
             ]
+            if superseded:  # a later reminder of the same booking and recipient is due too
+                self._record([_superseded(c) for c in claims if c.id in superseded], report)
+                claims = [c for c in claims if c.id not in superseded]
             batch = BatchBookings(
                 self.store, token, {r.id: bookings[r.booking_id] for r in rows}, self.monotonic
             )
@@ -513,6 +517,11 @@ class Dispatcher:
             f" ({outcome.error})" if outcome.error else "",
             extra={"action": outcome.action, "notification_id": claim.id},
         )
+
+
+def _superseded(claim: Claim) -> NotSent:
+    error = "superseded by a later reminder for the same booking"
+    return NotSent(claim, Outcome.expired(error, Reason.SUPERSEDED))
 
 
 def _apply_outcomes(

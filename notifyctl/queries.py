@@ -360,6 +360,19 @@ def _superseded(now: datetime) -> Any:
     )
 
 
+def superseded_among(conn: Connection, ids: Sequence[int], now: datetime) -> set[int]:
+    """Those of the given (just claimed) reminders that a later one supersedes now.
+
+    ``expire_superseded`` runs once per run; a reschedule during the run can
+    re-arm several reminders of one booking at once, so each claimed batch is
+    checked too (by id and booking: a few index lookups).
+    """
+    found: set[int] = set()
+    for part in chunks(ids):
+        found.update(conn.scalars(select(N.id).where(N.id.in_(part), _superseded(now))))
+    return found
+
+
 def expire_superseded(conn: Connection, now: datetime) -> int:
     """Due reminders superseded by a later one → expired: only the latest is sent."""
     result = conn.execute(

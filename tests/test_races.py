@@ -560,3 +560,24 @@ def test_a_send_stuck_past_its_deadline_is_abandoned_as_uncertain(store: Store, 
     assert rows["fine"].status == Status.SENT
     assert attempt.notification_id == rows["stuck"].id
     assert "send deadline" in (attempt.error or "")
+
+
+def test_reminders_rearmed_together_mid_run_send_only_the_latest(
+    store: Store, clock: FrozenClock, tg: FakeTelegram
+) -> None:
+    start = clock() + timedelta(minutes=30)
+    kinds = ["day_before", "hour_before"]  # both overdue: the run starts by superseding one
+    move_booking(store, start, remind=kinds)
+    moved: list[Any] = []
+
+    def reschedule_once() -> None:
+        if not moved:  # the in-flight reschedule re-arms both kinds, both due at once
+            moved.append(move_booking(store, start + timedelta(minutes=10), remind=kinds))
+
+    run = dispatcher(store, clock, tg.api_url, http_session=AfterSession(reschedule_once))
+    run.run()
+
+    assert [m.text.split(" starts ")[0] for m in tg.messages] == ['Reminder: "b1"'] * 2
+    assert reminder(store, "day_before")["status"] == Status.EXPIRED
+    assert reminder(store, "day_before")["reason"] == Reason.SUPERSEDED
+    assert reminder(store, "hour_before")["status"] == Status.SENT
