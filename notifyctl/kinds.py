@@ -57,11 +57,6 @@ def parse_kind(text: str) -> Kind:
             "or an offset like start-30m, start-2d, end-10m"
         )
     anchor, sign, amount = match.groups()
-    if anchor == "end" and sign == "+":
-        raise InvalidInput(
-            f"invalid reminder offset {shown(text)}: a reminder after the booking ends is never "
-            "useful; use end-10m, at_start or start+… instead"
-        )
     try:
         delta = parse_duration(amount)
     except InvalidInput as e:
@@ -74,12 +69,22 @@ def parse_kind(text: str) -> Kind:
 
 
 def parse_kinds(values: list[str] | None) -> list[Kind]:
-    """Kinds from ``--remind`` values (each may hold several, comma or space separated)."""
+    """Kinds from ``--remind`` values (each may hold several, comma or space separated).
+
+    An offset after the end (``end+5m``) is refused: it could never be sent.
+    """
     names = [n for v in values or [] for n in re.split(r"[,\s]+", v) if n]
     if not names:
         return [KINDS[k] for k in DEFAULT_KINDS]
     kinds: dict[str, Kind] = {}
     for name in names:
         kind = parse_kind(name)
+        if kind.anchor == "end" and kind.offset > timedelta(0):
+            # parse_kind reads any offset (templates and --kind filters name kinds), but a
+            # reminder to ask for must be able to fire: one after the end never can
+            raise InvalidInput(
+                f"invalid reminder offset {shown(name)}: a reminder after the booking ends is "
+                "never useful; use end-10m, at_start or start+… instead"
+            )
         kinds.setdefault(kind.name, kind)
     return list(kinds.values())
