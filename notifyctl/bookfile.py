@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from .config import clip, redact
 from .errors import InvalidInput, shown
 from .service import BookingInput, booking_input
-from .times import collecting_notes, parse_zone
+from .times import collecting_notes
 
 KEYS = ("booking_id", "starts_at", "ends_at", "to", "title", "timezone", "remind", "locale", "data")
 MAX_ERRORS_SHOWN = 50
@@ -52,32 +52,6 @@ def parse_data_pairs(pairs: Iterable[str]) -> dict[str, str]:
             )
         data[key] = value
     return data
-
-
-def refuse_past(inp: BookingInput, now: datetime) -> BookingInput:
-    """Refuse a booking none of whose reminders can still be of use, as ``at`` refuses the past.
-
-    A reminder that is merely late but still useful (``at_start`` of a booking that
-    started ten minutes ago) keeps the booking; only when every reminder asked for is
-    past its useful time (the booking ended, or only ``day_before`` for a booking that
-    started) is it refused.
-    """
-    late = [k for k in inp.kinds if k.not_after(inp.starts_at, inp.ends_at) <= now]
-    if inp.kinds and len(late) == len(inp.kinds):
-        zone = parse_zone(inp.timezone)
-        if inp.ends_at <= now:
-            when = inp.ends_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
-            raise InvalidInput(
-                f"booking {shown(inp.booking_id)} already ended ({when} {inp.timezone}): "
-                "no reminder can be sent; give a future --ends-at"
-            )
-        when = inp.starts_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
-        raise InvalidInput(
-            f"booking {shown(inp.booking_id)} started at {when} {inp.timezone}: every reminder "
-            f"asked for ({', '.join(k.name for k in inp.kinds)}) is too late; "
-            "ask for at_start or before_end"
-        )
-    return inp
 
 
 def _as_list(value: Any) -> list[str]:
@@ -225,7 +199,7 @@ def read_bookings(
                 errors.append((number, record))
                 continue
             try:
-                inputs.append(refuse_past(_to_input(record, defaults, now), now))
+                inputs.append(_to_input(record, defaults, now))
                 lines.append(number)
             except InvalidInput as e:
                 errors.append((number, e.message))

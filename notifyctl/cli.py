@@ -373,7 +373,7 @@ def create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create or update a booking's reminders (upsert by BOOKING_ID)."""
-    from .bookfile import parse_data_pairs, read_bookings, refuse_past
+    from .bookfile import parse_data_pairs, read_bookings
     from .service import booking_input, create_bookings
     from .times import collecting_notes
 
@@ -401,7 +401,7 @@ def create(
                 inputs, lines = _read_with_progress(
                     read_bookings, stream, name, defaults, now, output, notes
                 )
-            results = create_bookings(store, inputs, lines=lines)
+            results = create_bookings(store, inputs, lines=lines, refuse_ended=True)
         else:
             if booking_id is None:
                 raise InvalidInput("missing BOOKING_ID (or --from-file)")
@@ -426,7 +426,7 @@ def create(
                 now=now,
             )
             notes += time_notes
-            results = create_bookings(store, [refuse_past(inp, now)])
+            results = create_bookings(store, [inp], refuse_ended=True)
     for note in dict.fromkeys(notes):  # how a time was read (ambiguous at a DST change)
         print(inert(f"note: {note}"), file=sys.stderr)
     if json_out:

@@ -300,6 +300,32 @@ def _result(inp: BookingInput, action: str, skipped: list[Skipped]) -> BookingRe
     )
 
 
+def refuse_past(inp: BookingInput, now: datetime) -> None:
+    """Refuse a booking none of whose reminders can still be of use, as ``at`` refuses the past.
+
+    A reminder that is merely late but still useful (``at_start`` of a booking that
+    started ten minutes ago) keeps the booking; only when every reminder asked for is
+    past its useful time (the booking ended, or only ``day_before`` for a booking that
+    started) is it refused. Only a new booking: replaying one that exists (a nightly
+    re-sync of a file that still holds it) stays "unchanged".
+    """
+    late = [k for k in inp.kinds if k.not_after(inp.starts_at, inp.ends_at) <= now]
+    if inp.kinds and len(late) == len(inp.kinds):
+        zone = parse_zone(inp.timezone)
+        if inp.ends_at <= now:
+            when = inp.ends_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+            raise InvalidInput(
+                f"booking {shown(inp.booking_id)} already ended ({when} {inp.timezone}): "
+                "no reminder can be sent; give a future --ends-at"
+            )
+        when = inp.starts_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+        raise InvalidInput(
+            f"booking {shown(inp.booking_id)} started at {when} {inp.timezone}: every reminder "
+            f"asked for ({', '.join(k.name for k in inp.kinds)}) is too late; "
+            "ask for at_start or before_end"
+        )
+
+
 def _plan_new(inp: BookingInput, now: datetime, plan: _Plan) -> BookingResult:
     wanted, _, skipped = _wanted(inp, now)
     plan.new_bookings.append(
@@ -395,9 +421,16 @@ def _follow_moves(conn: Connection, inputs: Sequence[BookingInput]) -> list[Book
 
 
 def create_bookings(
-    store: Store, inputs: Sequence[BookingInput], *, lines: Sequence[int] | None = None
+    store: Store,
+    inputs: Sequence[BookingInput],
+    *,
+    lines: Sequence[int] | None = None,
+    refuse_ended: bool = False,
 ) -> list[BookingResult]:
     """Upsert bookings and their reminders in one transaction.
+
+    ``refuse_ended`` (the CLI's rule) rejects a new booking none of whose
+    reminders can still be of use (``refuse_past``).
 
     ``lines`` numbers the inputs (for files): every failing input is then
     reported by its line, and nothing is written. The rows read are locked
@@ -429,6 +462,8 @@ def create_bookings(
             booking = existing.get(inp.booking_id)
             try:
                 if booking is None:
+                    if refuse_ended:
+                        refuse_past(inp, now)
                     results.append(_plan_new(inp, now, plan))
                 else:
                     results.append(_plan_existing(inp, booking, reminders[booking.id], now, plan))
@@ -437,7 +472,8 @@ def create_bookings(
         if errors:
             if lines is None and len(errors) == 1:
                 raise InvalidInput(errors[0].split(": ", 1)[1])
-            raise InvalidInput(f"{len(errors)} invalid input(s), nothing written", errors)
+            what = "line(s)" if lines is not None else "input(s)"
+            raise InvalidInput(f"{len(errors)} invalid {what}, nothing written", errors)
         _apply(conn, plan, now)
     return results
 

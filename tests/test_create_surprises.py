@@ -58,6 +58,26 @@ def test_a_booking_that_already_ended_is_refused(cli: Cli, database_url: str) ->
     nothing_written(database_url)
 
 
+def test_replaying_a_booking_that_has_since_ended_stays_unchanged(
+    cli: Cli, database_url: str, tmp_path: Path
+) -> None:
+    """A nightly re-sync of a file that still holds yesterday's booking is not refused."""
+    from notifyctl.service import create_booking, open_store
+
+    now = db.now()
+    store = open_store(cli.database_url)
+    start, end = now - timedelta(hours=3), now - timedelta(hours=2)
+    create_booking(store, "b1", starts_at=start, ends_at=end, to=["console:a"])
+    store.close()
+    line = {"booking_id": "b1", "starts_at": iso(start), "ends_at": iso(end), "to": "console:a"}
+    path = tmp_path / "sync.jsonl"
+    path.write_text(json.dumps(line) + "\n", encoding="utf-8")
+
+    result = cli.ok("create", "--from-file", str(path), "--json")
+
+    assert json.loads(result.stdout)["bookings"][0]["action"] == "unchanged"
+
+
 def test_only_reminders_past_their_use_is_refused_too(cli: Cli, database_url: str) -> None:
     now = db.now()
     result = create(

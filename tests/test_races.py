@@ -64,7 +64,11 @@ class AfterSession(requests.Session):
 
     def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
         response = super().request(method, url, *args, **kwargs)
-        self.after()
+        try:
+            self.after()
+        except BaseException:  # e.g. Ctrl-C: the answer is never read, let its socket go
+            response.close()
+            raise
         return response
 
 
