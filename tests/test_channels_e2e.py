@@ -431,7 +431,7 @@ def test_webhook_url_credentials_never_appear_in_cli_output(cli: Cli, database_u
     output = _all_output(*results)
     assert password not in output  # ... and never shown
     assert "user:***@" in results[5].stdout  # list masks the password, keeps the rest
-    assert re.search(r"reminder \d+ webhook:\S+ retry", results[4].stderr)
+    assert re.search(r"reminder \d+ webhook:\S+ retried", results[4].stderr)
     errors = stored_errors(database_url)
     assert len(errors) >= 4  # both reminders' last_error and both attempts
     assert not [e for e in errors if password in e]
