@@ -322,8 +322,8 @@ class Dispatcher:
                 unsent.append(prepared)
             else:
                 ready.append((claim, prepared))
-        # announce the whole batch first, so shared send slots are reserved in one block
         self._warm_up(ready, bookings)
+        # each sender's sends of this batch share one allowance: slots reserved in blocks
         allowances = {
             key: self._pacer.allowance(key, count)
             for key, count in Counter(c.pacing_key for _, c in ready).items()
