@@ -34,6 +34,7 @@ from .config import (
     parse_send_deadline,
     redact,
     redact_url,
+    telegram_bots_from,
     url_passwords,
 )
 from .errors import ConfigError, ExitCode, InvalidInput, NotifyctlError
@@ -343,6 +344,9 @@ def create(
             "--to",
             help="Recipient (repeatable): 123456789, -100…, @channel, "
             "telegram:…, console:NAME, webhook:URL, email:ADDR, apprise:URL. "
+            "telegram:BOT/CHAT is sent by the bot in TELEGRAM_BOT_TOKEN_BOT (a bot whose "
+            "token is not set yet is accepted here; dispatch needs it); "
+            "telegram:CHAT#TOPIC (or BOT/CHAT#TOPIC) posts into a forum topic. "
             "Commas separate several (123,@news) in a value without a scheme or one "
             "of Telegram ids/@names only; a URL keeps its commas.",
         ),
@@ -878,7 +882,7 @@ def _dispatch_under(
     dry_run = options.dry_run
     with health, _store(settings.database_url) as store:
         if dry_run:
-            from .channels import config_problems
+            from .channels import config_problems, sender
             from .preview import preview
 
             items = preview(store, settings)
@@ -891,7 +895,9 @@ def _dispatch_under(
                         f"{item.channel}:{item.recipient}: {item.text}"
                     )
                 )
-            problems = config_problems(settings, (item.channel for item in items))
+            problems = config_problems(
+                settings, (sender(item.channel, item.recipient) for item in items)
+            )
             if problems:
                 raise ConfigError(
                     "; ".join(problems.values())
@@ -915,6 +921,7 @@ def _run_dispatch(store: Any, settings: Settings, options: Any, output: Output) 
 def _channel_settings() -> dict[str, Any]:
     env = os.environ
     return {
+        "telegram_bots": telegram_bots_from(env),
         "webhook_secret": env.get("NOTIFYCTL_WEBHOOK_SECRET") or None,
         "smtp_url": env.get("NOTIFYCTL_SMTP_URL") or None,
         "email_from": env.get("NOTIFYCTL_EMAIL_FROM") or None,

@@ -11,7 +11,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -71,6 +71,8 @@ class Settings:
     database_url: str = field(default_factory=default_database_url)
     timezone: str = "UTC"
     telegram_token: str | None = None
+    #: named bots (TELEGRAM_BOT_TOKEN_<NAME>): lower-cased name → token
+    telegram_bots: Mapping[str, str] = field(default_factory=dict, hash=False)
     telegram_api_url: str = DEFAULT_TELEGRAM_API_URL
     webhook_secret: str | None = None
     smtp_url: str | None = None
@@ -85,10 +87,23 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every secret these settings hold, for the redactor."""
-        found = [self.telegram_token, self.webhook_secret]
+        found = [self.telegram_token, self.webhook_secret, *self.telegram_bots.values()]
         for url in (self.database_url, self.smtp_url):
             found += url_passwords(url)
         return [s for s in found if s]
+
+
+_BOT_TOKEN_VARIABLE = re.compile(r"TELEGRAM_BOT_TOKEN_([A-Za-z0-9_]+)")
+
+
+def telegram_bots_from(environ: Mapping[str, str]) -> dict[str, str]:
+    """``TELEGRAM_BOT_TOKEN_<NAME>`` variables → {name lower-cased: token}, read once."""
+    bots: dict[str, str] = {}
+    for variable in sorted(environ):
+        match = _BOT_TOKEN_VARIABLE.fullmatch(variable)
+        if match and environ[variable]:
+            bots[match.group(1).lower()] = environ[variable]
+    return bots
 
 
 def parse_send_deadline(text: str | None) -> float:

@@ -26,7 +26,14 @@ from typing import Any, TextIO, TypeVar
 from sqlalchemy import Connection, Row
 
 from . import queries
-from .channels import CHANNELS, channel_module, config_problems, shown_recipient
+from .channels import (
+    CHANNELS,
+    chat_key,
+    config_problems,
+    open_sender,
+    sender,
+    shown_recipient,
+)
 from .channels.base import Channel, ChannelContext, Delivery, SendResult
 from .config import Settings, redact
 from .db import Store
@@ -163,8 +170,8 @@ class Dispatcher:
         self.sleep = sleep
         self.monotonic = monotonic
         self.context = ChannelContext(settings=settings, stdout=stdout, http_session=http_session)
-        self._channels: dict[str, Channel] = {}
-        self._disabled: dict[str, str] = {}  # channel → why this run cannot send on it
+        self._channels: dict[str, Channel] = {}  # per sender: channel, or telegram:<bot>
+        self._disabled: dict[str, str] = {}  # sender → why this run cannot send on it
         self._lock = threading.Lock()
         self._pacer = Pacer(store, self.options.rate_limit, sleep, self._patiently)
         self.templates = load_templates(settings)
@@ -179,23 +186,23 @@ class Dispatcher:
             rescued = queries.rescue_expired_leases(conn, now, self.options.max_attempts)
             report.rescued += len(rescued.requeued)
             report.failed += len(rescued.failed)
-            due_channels = queries.due_channels(conn, now)
+            due_senders = queries.due_senders(conn, now)
             report.run_id = queries.start_run(conn, socket.gethostname(), os.getpid(), now)
-        for name in due_channels:
-            self._check_channel(name)
+        for name in due_senders:
+            self._check_sender(name)
 
-    def _check_channel(self, name: str) -> None:
-        """A channel whose configuration is missing stops only its own reminders."""
-        for channel, why in config_problems(self.settings, [name]).items():
-            self._disable(channel, why)
+    def _check_sender(self, name: str) -> None:
+        """A sender (channel or bot) whose configuration is missing stops only its reminders."""
+        for key, why in config_problems(self.settings, [name]).items():
+            self._disable(key, why)
 
-    def _disable(self, channel: str, why: str) -> None:
+    def _disable(self, key: str, why: str) -> None:
         with self._lock:
-            self._disabled.setdefault(channel, why)
+            self._disabled.setdefault(key, why)
 
-    def _is_disabled(self, channel: str) -> bool:
+    def _is_disabled(self, key: str) -> bool:
         with self._lock:
-            return channel in self._disabled
+            return key in self._disabled
 
     # -- the run -----------------------------------------------------------------------
 
@@ -208,7 +215,9 @@ class Dispatcher:
             if self._disabled:
                 report.exit_code = ExitCode.CONFIG
                 whys = "; ".join(why for _, why in sorted(self._disabled.items()))
-                report.error = f"{whys} (given back untouched; other channels were delivered)"
+                report.error = (
+                    f"{whys} (given back untouched; other channels and bots were delivered)"
+                )
         except ConfigError as e:
             report.exit_code, report.error = e.exit_code, e.message
         except KeyboardInterrupt:
@@ -387,18 +396,20 @@ class Dispatcher:
                     Reason.UNKNOWN_CHANNEL,
                 ),
             )
-        if self._is_disabled(claim.channel):
+        key = sender(claim.channel, claim.recipient)
+        if self._is_disabled(key):
             return NotSent(claim, Outcome.released())
         try:
-            return self._channel(claim.channel)
+            return self._channel(key)
         except ConfigError as e:
-            self._disable(claim.channel, e.message)
+            self._disable(key, e.message)
             return NotSent(claim, Outcome.released())
 
     def _channel(self, name: str) -> Channel:
+        """The channel object of one sender (a channel, or ``telegram:<bot>``)."""
         with self._lock:
             if name not in self._channels:
-                self._channels[name] = channel_module(name).open_channel(self.context)
+                self._channels[name] = open_sender(name, self.context)
             return self._channels[name]
 
     def _send(
@@ -406,13 +417,15 @@ class Dispatcher:
     ) -> Returned:
         """Wait for the claim's turn, render its text as of that moment, send it."""
         try:
-            turn = self._pacer.wait_turn(allowance, claim.recipient, claim.send_by, RENDER_LEAD)
+            chat = chat_key(claim.channel, claim.recipient)  # per bot and chat, topics included
+            turn = self._pacer.wait_turn(allowance, chat, claim.send_by, RENDER_LEAD)
         except DatabaseError as e:  # the pacing row stayed locked: give it back, unsent
             log.warning("reminder %s: no send slot (%s); given back", claim.id, e.message)
             return NotSent(claim, Outcome.released())
         if turn.late:  # its turn comes too late for this lease: give it back
             return NotSent(claim, Outcome.released(due_at=turn.at))
-        if self._is_disabled(claim.channel):
+        key = sender(claim.channel, claim.recipient)
+        if self._is_disabled(key):
             return NotSent(claim, Outcome.released())
         now = max(self.clock(), turn.at)  # the moment the request leaves
         if now >= claim.not_after:
@@ -441,7 +454,7 @@ class Dispatcher:
             except DatabaseError as e:
                 log.warning("could not share a rate-limit pause: %s", e.message)
         if result.delivery is Delivery.BAD_CREDENTIALS:
-            self._disable(claim.channel, f"{claim.channel}: credentials rejected ({result.error})")
+            self._disable(key, f"{key}: credentials rejected ({result.error})")
         return Attempted(claim, result, started, finished)
 
     # -- recording ---------------------------------------------------------------------

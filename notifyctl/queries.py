@@ -29,6 +29,7 @@ from sqlalchemy import (
     extract,
     func,
     insert,
+    literal,
     null,
     or_,
     select,
@@ -462,14 +463,15 @@ def claim_due(
     limit: int,
     lease_token: str,
     lease: timedelta,
-    skip_channels: Iterable[str] = (),
+    skip_senders: Iterable[str] = (),
 ) -> list[Row[Any]]:
     """Take up to ``limit`` due reminders, oldest ``due_at`` first, under a fresh lease.
 
     PostgreSQL skips rows another dispatcher has locked; SQLite relies on the
     caller's ``BEGIN IMMEDIATE``. The attempt is counted here, so a run killed
-    mid-send still uses one up. ``skip_channels`` are left alone (this run
-    cannot send on them: configuration missing or rejected).
+    mid-send still uses one up. The reminders of ``skip_senders`` (channels, or
+    ``telegram:<bot>``) are left alone (this run cannot send on them:
+    configuration missing or rejected).
     """
     due = (
         select(N.id)
@@ -477,9 +479,7 @@ def claim_due(
         .order_by(N.due_at, N.id)
         .limit(limit)
     )
-    skipped = sorted(skip_channels)
-    if skipped:
-        due = due.where(N.channel.not_in(skipped))
+    due = due.where(*_not_sent_by(skip_senders))
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     rows: Sequence[Any] = conn.execute(
@@ -497,14 +497,35 @@ def claim_due(
     return sorted(rows, key=lambda r: (r.due_at, r.id))
 
 
+#: channels whose recipients may name their sender: ``<name>/<address>`` (Telegram bots)
+NAMED_SENDER_CHANNELS = ("telegram",)
+
+
+def _not_sent_by(senders: Iterable[str]) -> list[ColumnElement[bool]]:
+    """Conditions that leave out the reminders of these senders (channel or ``channel:name``)."""
+    terms: list[ColumnElement[bool]] = []
+    whole: list[str] = []
+    for name in sorted(set(senders)):
+        channel, _, sub = name.partition(":")
+        if sub:  # a named bot: its recipients start with "<bot>/" (stored lower-cased)
+            terms.append(
+                or_(N.channel != channel, ~N.recipient.startswith(f"{sub}/", autoescape=True))
+            )
+        elif channel in NAMED_SENDER_CHANNELS:  # the default bot: recipients without a name
+            terms.append(or_(N.channel != channel, N.recipient.contains("/")))
+        else:
+            whole.append(channel)
+    if whole:
+        terms.append(N.channel.not_in(whole))
+    return terms
+
+
 def next_due(
-    conn: Connection, after: datetime, skip_channels: Iterable[str] = ()
+    conn: Connection, after: datetime, skip_senders: Iterable[str] = ()
 ) -> datetime | None:
     """The next ``due_at`` after ``after`` among pending reminders (one step of the due index)."""
     stmt = select(N.due_at).where(N.status == Status.PENDING, N.due_at > after)
-    skipped = sorted(skip_channels)
-    if skipped:
-        stmt = stmt.where(N.channel.not_in(skipped))
+    stmt = stmt.where(*_not_sent_by(skip_senders))
     return conn.scalar(stmt.order_by(N.due_at, N.id).limit(1))
 
 
@@ -551,6 +572,26 @@ def due_channels(conn: Connection, now: datetime) -> list[str]:
             select(N.channel).where(N.status == Status.PENDING, N.due_at <= now).distinct()
         )
     )
+
+
+def due_senders(conn: Connection, now: datetime) -> list[str]:
+    """The senders with reminders due now: channels, and ``telegram:<bot>`` per named bot.
+
+    ``due_channels`` with the bot name cut from the recipient: the same walk of
+    the narrow due range of ix_notifications_due, in one query.
+    """
+    slash = (func.strpos if conn.dialect.name == "postgresql" else func.instr)(N.recipient, "/")
+    name = case(
+        (
+            and_(N.channel.in_(NAMED_SENDER_CHANNELS), slash > 0),
+            func.substr(N.recipient, 1, slash - 1),
+        ),
+        else_=literal(""),
+    )
+    rows = conn.execute(
+        select(N.channel, name).where(N.status == Status.PENDING, N.due_at <= now).distinct()
+    )
+    return sorted({f"{channel}:{sub}" if sub else channel for channel, sub in rows})
 
 
 def bookings_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, Row[Any]]:

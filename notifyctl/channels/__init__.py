@@ -4,6 +4,12 @@ Each module defines ``validate(address) -> str`` (the normalised address, or
 ``ValueError`` with a message), ``check_config(settings)`` (raises
 ``ConfigError``) and ``open_channel(context) -> Channel``. Adding a channel is
 one module and one line in ``CHANNELS``.
+
+A channel with several senders (Telegram: one per bot) also defines
+``sender_of(address) -> str | None`` (None: the channel's default sender),
+and takes that name in ``check_config(settings, name)`` and
+``open_channel(context, name)``. A run opens, disables and gives back per
+*sender*: ``telegram`` (the default bot) or ``telegram:<bot>``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from types import ModuleType
 
 from ..config import Settings, redact_url
 from ..errors import ConfigError, InvalidInput
+from .base import Channel, ChannelContext
 
 CHANNELS: dict[str, str] = {
     "telegram": "notifyctl.channels.telegram",
@@ -86,14 +93,37 @@ def parse_recipient(raw: str) -> tuple[str, str]:
         raise InvalidInput(f"invalid recipient {raw!r}: {e}") from e
 
 
-def config_problems(settings: Settings, channels: Iterable[str]) -> dict[str, str]:
-    """Channel → why it cannot send (configuration missing or invalid), for those given."""
+def sender(channel: str, recipient: str) -> str:
+    """Who sends to ``recipient``: the channel, or ``<channel>:<name>`` (a named bot)."""
+    of = getattr(channel_module(channel), "sender_of", None) if channel in CHANNELS else None
+    name = of(recipient) if of is not None else None
+    return f"{channel}:{name}" if name else channel
+
+
+def chat_key(channel: str, recipient: str) -> str:
+    """The chat a send to ``recipient`` counts in for per-chat limits (Telegram: per bot)."""
+    of = getattr(channel_module(channel), "chat_key", None) if channel in CHANNELS else None
+    return of(recipient) if of is not None else recipient
+
+
+def open_sender(name: str, context: ChannelContext) -> Channel:
+    """The channel object of one sender (``sender``'s value)."""
+    channel, _, sub = name.partition(":")
+    module = channel_module(channel)
+    opened: Channel = module.open_channel(context, sub) if sub else module.open_channel(context)
+    return opened
+
+
+def config_problems(settings: Settings, senders: Iterable[str]) -> dict[str, str]:
+    """Sender (channel or ``telegram:<bot>``) → why it cannot send, for those given."""
     problems: dict[str, str] = {}
-    for name in sorted(set(channels)):
-        if name not in CHANNELS:
+    for name in sorted(set(senders)):
+        channel, _, sub = name.partition(":")
+        if channel not in CHANNELS:
             continue
+        module = channel_module(channel)
         try:
-            channel_module(name).check_config(settings)
+            module.check_config(settings, sub) if sub else module.check_config(settings)
         except ConfigError as e:
             problems[name] = e.message
     return problems

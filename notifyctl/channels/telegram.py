@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -32,18 +33,81 @@ _SUPERGROUP_ID = re.compile(r"-100\d{1,13}")
 _MAX_CHAT_ID = 2**52
 
 
+#: a named bot: TELEGRAM_BOT_TOKEN_<NAME>, the name case-insensitive
+_BOT_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+_THREAD_ID = re.compile(r"[1-9]\d{0,15}")
+TOKEN_VARIABLE = "TELEGRAM_BOT_TOKEN"
+
+
+def parse_address(address: str) -> tuple[str | None, str, str | None]:
+    """``[<bot>/]<chat>[#<thread>]`` → (bot or None for the default one, chat, thread)."""
+    bot: str | None = None
+    rest = address
+    if "/" in address:
+        bot, _, rest = address.partition("/")
+        if not _BOT_NAME.fullmatch(bot):
+            raise ValueError(
+                "a Telegram bot name is letters, digits and _ (TELEGRAM_BOT_TOKEN_<NAME>)"
+            )
+        bot = bot.lower()
+    chat, sep, thread = rest.partition("#")
+    if not (_CHAT_ID.fullmatch(chat) or _USERNAME.fullmatch(chat)):
+        raise ValueError("a Telegram recipient is a numeric chat id or an @channel username")
+    if sep and not _THREAD_ID.fullmatch(thread):
+        raise ValueError("a forum topic is #<thread id>, a positive number")
+    return bot, chat, thread if sep else None
+
+
+def address_of(bot: str | None, chat: str, thread: str | None) -> str:
+    """The stored recipient: the default bot keeps the plain chat id."""
+    return f"{bot + '/' if bot else ''}{chat}{'#' + thread if thread else ''}"
+
+
 def validate(address: str) -> str:
-    if _CHAT_ID.fullmatch(address) or _USERNAME.fullmatch(address):
-        return address
-    raise ValueError("a Telegram recipient is a numeric chat id or an @channel username")
+    """The canonical recipient ``[<bot>/]<chat>[#<thread>]``, the bot name lower-cased.
+
+    A bot without a token yet is accepted: its token is needed only to send.
+    """
+    return address_of(*parse_address(address))
 
 
-def check_config(settings: Settings) -> None:
-    token = settings.telegram_token
+def sender_of(address: str) -> str | None:
+    """The named bot that sends to ``address``; None for the default bot."""
+    bot, sep, _ = address.partition("/")
+    return bot.lower() if sep else None
+
+
+def chat_key(address: str) -> str:
+    """The chat whose limits (1/s, 20/min for a group) a send counts in.
+
+    Per bot and per chat: a topic shares its chat's limit. The chat comes first,
+    so a group's key still starts with ``-``.
+    """
+    bot, sep, rest = address.partition("/")
+    if not sep:
+        bot, rest = "", address
+    chat = rest.partition("#")[0]
+    return f"{chat}@{bot.lower()}" if bot else chat
+
+
+def token_variable(bot: str | None) -> str:
+    return f"{TOKEN_VARIABLE}_{bot.upper()}" if bot else TOKEN_VARIABLE
+
+
+def token_of(settings: Settings, bot: str | None) -> str | None:
+    if bot is None:
+        return settings.telegram_token
+    return settings.telegram_bots.get(bot.lower())
+
+
+def check_config(settings: Settings, bot: str | None = None) -> None:
+    token = token_of(settings, bot)
+    variable = token_variable(bot)
+    due = f"reminders of Telegram bot {bot!r}" if bot else "Telegram reminders"
     if not token:
-        raise ConfigError("TELEGRAM_BOT_TOKEN is not set, and Telegram reminders are due")
+        raise ConfigError(f"{variable} is not set, and {due} are due")
     if not re.fullmatch(r"\d+:[\w-]+", token):
-        raise ConfigError("TELEGRAM_BOT_TOKEN does not look like a bot token (digits:secret)")
+        raise ConfigError(f"{variable} does not look like a bot token (digits:secret)")
     check_api_url(settings.telegram_api_url)
 
 
@@ -89,12 +153,13 @@ class TelegramChannel:
     max_text_length: int | None = MAX_TEXT_LENGTH
     parts: frozenset[str] = frozenset()
 
-    def __init__(self, context: ChannelContext) -> None:
-
+    def __init__(self, context: ChannelContext, bot: str | None = None) -> None:
+        """The channel of one bot (None: the default bot, TELEGRAM_BOT_TOKEN)."""
         settings = context.settings
-        check_config(settings)
-        token = settings.telegram_token or ""
+        check_config(settings, bot)
+        token = token_of(settings, bot) or ""
         redact.add([token])
+        self.bot = bot
         _install_log_redaction()
         self.pacing_key: str | None = pacing_key_for(token)
         self._url = f"{settings.telegram_api_url.rstrip('/')}/bot{token}/sendMessage"
@@ -107,11 +172,16 @@ class TelegramChannel:
     def send(self, message: Message) -> SendResult:
         import requests
 
+        bot, chat, thread = parse_address(message.recipient)
+        if bot != self.bot:  # dispatch opens one channel per bot: never another bot's chat
+            return SendResult.retry(f"recipient of bot {bot!r} given to bot {self.bot!r}")
         body: dict[str, Any] = {
-            "chat_id": message.recipient,
+            "chat_id": chat,
             "text": message.text,
             "link_preview_options": {"is_disabled": True},
         }
+        if thread is not None:
+            body["message_thread_id"] = int(thread)
         if message.text_format == "html":
             body["parse_mode"] = "HTML"
         with netguard.Deadline(self._deadline) as deadline:
@@ -146,9 +216,10 @@ class TelegramChannel:
                 "which is not followed (check TELEGRAM_API_URL)",
                 response.status_code,
             )
-        return classify_response(
-            response.status_code, _json_or_none(content), chat_id=message.recipient
-        )
+        result = classify_response(response.status_code, _json_or_none(content), chat_id=chat)
+        if result.moved_to is not None:  # the same bot, the same topic, the new chat id
+            result = replace(result, moved_to=address_of(bot, result.moved_to, thread))
+        return result
 
     def close(self) -> None:
         if self._own_session:
@@ -244,5 +315,5 @@ def classify_response(
     return SendResult.failed(error, status)
 
 
-def open_channel(context: ChannelContext) -> TelegramChannel:
-    return TelegramChannel(context)
+def open_channel(context: ChannelContext, bot: str | None = None) -> TelegramChannel:
+    return TelegramChannel(context, bot)

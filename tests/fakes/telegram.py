@@ -16,7 +16,9 @@ Endpoints:
 - ``GET /stats`` - JSON counters (see :meth:`FakeTelegram.stats`).
 
 Anything else under ``/bot<token>/`` answers 404 like the real API. A token
-other than the server's answers 404, a revoked one 401.
+other than the server's (or one of its further ``tokens``: several bots on one
+API URL) answers 404, a revoked one 401. A ``message_thread_id`` listed in
+``missing_threads`` answers 400 "message thread not found".
 
 Answers to ``sendMessage`` are decided in this order: the global override
 (:meth:`FakeTelegram.fail_all`), then the per-chat script
@@ -163,6 +165,7 @@ class Received:
     message_id: int | None = None  # set on 200
     link_preview_options: Any = None
     token: str = ""
+    message_thread_id: str | None = None  # a forum topic, as sent
 
 
 # --------------------------------------------------------------------------- server
@@ -220,10 +223,14 @@ class FakeTelegram:
         rate_limit: float | None = None,
         latency: float = 0.0,
         revoked: Iterable[str] = (),
+        tokens: Iterable[str] = (),
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.token = token
+        self.tokens = frozenset([token, *tokens])  # every bot this server knows
+        #: topics that are gone: a send into one answers 400 "message thread not found"
+        self.missing_threads: set[str] = set()
         self.rate_limit = rate_limit
         self.latency = latency
         self._revoked = set(revoked)
@@ -398,7 +405,7 @@ class FakeTelegram:
     def _auth(self, token: str) -> Reply | None:
         if token in self._revoked:
             return _UNAUTHORIZED
-        if token != self.token:
+        if token not in self.tokens:
             return _NOT_FOUND
         return None
 
@@ -429,6 +436,11 @@ class FakeTelegram:
                     message_id=message_id,
                     link_preview_options=params.get("link_preview_options"),
                     token=token,
+                    message_thread_id=(
+                        None
+                        if params.get("message_thread_id") is None
+                        else str(params["message_thread_id"])
+                    ),
                 )
             )
             self._changed.notify_all()
@@ -455,6 +467,8 @@ class FakeTelegram:
             return reply
         if not chat_id:
             return error(400, "Bad Request: chat_id is empty")
+        if str(params.get("message_thread_id")) in self.missing_threads:
+            return error(400, "Bad Request: message thread not found")
         if not text.strip():
             return error(400, "Bad Request: message text is empty")
         if len(text) > MAX_TEXT_LENGTH:
