@@ -90,63 +90,35 @@ class NotSent:
 
 Returned = Attempted | NotSent
 
-#: a batch's bookings older than this are read again before a text is rendered
-FRESH_SECONDS = 1.0
 #: a text is rendered this long before its send slot, for that slot: sends stay on time
 RENDER_LEAD = timedelta(milliseconds=100)
 
 
 class BatchBookings:
-    """The bookings of one claimed batch, read again when the copy grows old.
+    """The bookings of one claimed batch, each read again just before its text is rendered.
 
-    A text must be true when it leaves, and a batch may wait long for its pacing
-    slots: a copy older than ``FRESH_SECONDS`` is replaced, in one query for the
-    whole batch, by the bookings as they are now, for the claims still held (a
-    reschedule or cancel meanwhile took the others away).
+    A text must be true when it leaves, and a reschedule or cancel may commit at
+    any moment after the claim: right before each send (in the lead time before
+    its pacing slot, so the send stays on its slot) the reminder is read again
+    with its booking, and only while this run still holds its lease. The copy
+    taken at the claim serves to warm the templates up.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        token: str,
-        bookings: dict[int, Row[Any]],  # claim id → booking
-        monotonic: Callable[[], float],
-    ) -> None:
+    def __init__(self, store: Store, token: str, bookings: dict[int, Row[Any]]) -> None:
         self._store = store
         self._token = token
-        self._bookings: dict[int, Row[Any] | None] = dict(bookings)
-        self._monotonic = monotonic
-        self._taken_at = monotonic()
-        self._refreshing = False
-        self._lock = threading.Lock()
+        self.claimed = bookings  # claim id → booking, as of the claim
 
     def current(
         self, claim_id: int, patiently: Callable[[Callable[[], Any], datetime], Any], by: datetime
     ) -> Row[Any] | None:
-        """The claim's booking as of about ``FRESH_SECONDS`` ago; None when no longer held.
+        """The claim's booking as it is now; None when the run no longer holds the claim."""
+        fresh: dict[int, Row[Any]] = patiently(lambda: self._read([claim_id]), by)
+        return fresh.get(claim_id)
 
-        One thread reads while the others go on with the copy they have: a
-        reader that blocked every sender would bunch their sends into a burst.
-        """
-        with self._lock:
-            stale = self._monotonic() - self._taken_at > FRESH_SECONDS
-            refresh = stale and not self._refreshing
-            self._refreshing = self._refreshing or refresh
-            if not refresh:
-                return self._bookings.get(claim_id)
-        try:
-            fresh: dict[int, Row[Any]] = patiently(self._read, by)
-        finally:
-            with self._lock:
-                self._refreshing = False
-        with self._lock:
-            self._bookings = {i: fresh.get(i) for i in self._bookings}
-            self._taken_at = self._monotonic()
-            return self._bookings.get(claim_id)
-
-    def _read(self) -> dict[int, Row[Any]]:
+    def _read(self, ids: list[int]) -> dict[int, Row[Any]]:
         with self._store.reader() as conn:
-            return queries.held_bookings(conn, self._token, list(self._bookings))
+            return queries.held_bookings(conn, self._token, ids)
 
 
 class Dispatcher:
@@ -169,7 +141,11 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.sleep = sleep
         self.monotonic = monotonic
-        self.context = ChannelContext(settings=settings, stdout=stdout, http_session=http_session)
+        # a send must end well inside its lease, or a rescuer may send it again meanwhile
+        deadline = min(settings.send_deadline, self.options.lease_seconds / 4)
+        self.context = ChannelContext(
+            settings=settings, stdout=stdout, http_session=http_session, send_deadline=deadline
+        )
         self._channels: dict[str, Channel] = {}  # per sender: channel, or telegram:<bot>
         self._disabled: dict[str, str] = {}  # sender → why this run cannot send on it
         self._lock = threading.Lock()
@@ -246,9 +222,9 @@ class Dispatcher:
 
     def _loop(self, report: RunReport, started: float) -> None:
         lease = timedelta(seconds=self.options.lease_seconds)
-        # a send must start well before the lease runs out, or a rescuer may resend it
+        # a send starts early enough to end (send deadline ≤ lease / 4) by 80 % of its lease
         lease_s = self.options.lease_seconds
-        margin = timedelta(seconds=min(lease_s / 2, lease_s * 0.2 + self.context.send_deadline))
+        margin = timedelta(seconds=lease_s * 0.2 + self.context.send_deadline)
         pool = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="send")
         try:
             self._claim_and_send(pool, report, started, lease, margin)
@@ -301,9 +277,7 @@ class Dispatcher:
             if superseded:  # a later reminder of the same booking and recipient is due too
                 self._record([_superseded(c) for c in claims if c.id in superseded], report)
                 claims = [c for c in claims if c.id not in superseded]
-            batch = BatchBookings(
-                self.store, token, {r.id: bookings[r.booking_id] for r in rows}, self.monotonic
-            )
+            batch = BatchBookings(self.store, token, {r.id: bookings[r.booking_id] for r in rows})
             self._send_batch(pool, claims, batch, report)
 
     def _next_wake(self, now: datetime, wait_until: datetime) -> datetime | None:
@@ -382,9 +356,8 @@ class Dispatcher:
             if (claim.channel, claim.kind) not in seen:
                 seen.add((claim.channel, claim.kind))
                 with contextlib.suppress(Exception):  # its own send reports the failure
-                    booking = bookings.current(claim.id, self._patiently, claim.send_by)
-                    if booking is not None:
-                        build_message(claim, booking, channel, self.clock(), self.templates)
+                    booking = bookings.claimed[claim.id]
+                    build_message(claim, booking, channel, self.clock(), self.templates)
 
     def _prepare(self, claim: Claim) -> Channel | NotSent:
         """The claim's channel, or what becomes of it when there is none to send on."""

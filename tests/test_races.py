@@ -28,7 +28,7 @@ from notifyctl.dispatch import Dispatcher, DispatchOptions
 from notifyctl.errors import DatabaseError
 from notifyctl.message import render_for
 from notifyctl.models import Booking, DeliveryAttempt, DispatchRun, Notification, Reason, Status
-from notifyctl.pacing import SharedSlots
+from notifyctl.pacing import Pacer, SharedSlots
 from notifyctl.service import Store, cancel, create_booking, reconcile
 from tests.fakes.telegram import FakeTelegram, error, migrated
 from tests.support import Cli, FrozenClock
@@ -585,3 +585,37 @@ def test_reminders_rearmed_together_mid_run_send_only_the_latest(
     assert reminder(store, "day_before")["status"] == Status.EXPIRED
     assert reminder(store, "day_before")["reason"] == Reason.SUPERSEDED
     assert reminder(store, "hour_before")["status"] == Status.SENT
+
+
+def test_a_reschedule_between_claim_and_send_is_read_before_the_text_is_rendered(
+    store: Store, clock: FrozenClock, tg: FakeTelegram
+) -> None:
+    remind(store, "b1", "12345")
+    remind(store, "b2", "12345")  # the same chat: its turn comes a second later
+    later = clock() + timedelta(hours=3)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the pacing wait before b2's turn
+        if not waits:
+            move = {"starts_at": later, "ends_at": later + timedelta(hours=1)}
+            create_booking(store, "b2", to=["12345"], remind=["hour_before"], **move)
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    run = dispatcher(store, clock, tg.api_url, concurrency=1)
+    run.sleep = sleep
+    run._pacer = Pacer(store, run.options.rate_limit, sleep, run._patiently)
+    run.run()
+
+    assert [m.text for m in tg.messages] == [tg.messages[0].text]  # only b1 went out
+    moved = reminder(store, booking="b2")
+    assert (moved["status"], moved["due_at"]) == (Status.PENDING, later - timedelta(hours=1))
+
+
+def test_a_send_deadline_never_outlasts_the_lease(store: Store) -> None:
+    settings = Settings(database_url=str(store.engine.url), send_deadline=30)
+    options = DispatchOptions(lease_seconds=20, max_seconds=5)
+
+    run = Dispatcher(store, settings, options, stdout=io.StringIO())
+
+    assert run.context.send_deadline == 5  # a quarter of the lease: it ends inside it
