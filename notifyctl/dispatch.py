@@ -94,31 +94,50 @@ Returned = Attempted | NotSent
 RENDER_LEAD = timedelta(milliseconds=100)
 
 
+#: a batch's bookings are read again when the copy is older than this (one query for all)
+FRESH = 0.05
+
+
 class BatchBookings:
-    """The bookings of one claimed batch, each read again just before its text is rendered.
+    """The bookings of one claimed batch, read again whenever the copy is 50 ms old.
 
     A text must be true when it leaves, and a reschedule or cancel may commit at
     any moment after the claim: right before each send (in the lead time before
-    its pacing slot, so the send stays on its slot) the reminder is read again
-    with its booking, and only while this run still holds its lease. The copy
-    taken at the claim serves to warm the templates up.
+    its pacing slot, so the send stays on its slot) the claim's booking is taken
+    from a copy at most ``FRESH`` seconds old, read in one query for the whole
+    batch and only for the claims this run still holds. One query per 50 ms
+    instead of one per message keeps a fast provider's throughput.
     """
 
-    def __init__(self, store: Store, token: str, bookings: dict[int, Row[Any]]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        token: str,
+        bookings: dict[int, Row[Any]],  # claim id → booking, as of the claim
+        monotonic: Callable[[], float],
+    ) -> None:
         self._store = store
         self._token = token
-        self.claimed = bookings  # claim id → booking, as of the claim
+        self.claimed = bookings
+        self._current: dict[int, Row[Any] | None] = dict(bookings)
+        self._monotonic = monotonic
+        self._read_at = monotonic()
+        self._lock = threading.Lock()
 
     def current(
         self, claim_id: int, patiently: Callable[[Callable[[], Any], datetime], Any], by: datetime
     ) -> Row[Any] | None:
-        """The claim's booking as it is now; None when the run no longer holds the claim."""
-        fresh: dict[int, Row[Any]] = patiently(lambda: self._read([claim_id]), by)
-        return fresh.get(claim_id)
+        """The claim's booking as of at most ``FRESH`` s ago; None when no longer held."""
+        with self._lock:
+            if self._monotonic() - self._read_at > FRESH:
+                fresh: dict[int, Row[Any]] = patiently(self._read, by)
+                self._current = {i: fresh.get(i) for i in self._current}
+                self._read_at = self._monotonic()
+            return self._current.get(claim_id)
 
-    def _read(self, ids: list[int]) -> dict[int, Row[Any]]:
+    def _read(self) -> dict[int, Row[Any]]:
         with self._store.reader() as conn:
-            return queries.held_bookings(conn, self._token, ids)
+            return queries.held_bookings(conn, self._token, list(self._current))
 
 
 class Dispatcher:
@@ -277,7 +296,9 @@ class Dispatcher:
             if superseded:  # a later reminder of the same booking and recipient is due too
                 self._record([_superseded(c) for c in claims if c.id in superseded], report)
                 claims = [c for c in claims if c.id not in superseded]
-            batch = BatchBookings(self.store, token, {r.id: bookings[r.booking_id] for r in rows})
+            batch = BatchBookings(
+                self.store, token, {r.id: bookings[r.booking_id] for r in rows}, self.monotonic
+            )
             self._send_batch(pool, claims, batch, report)
 
     def _next_wake(self, now: datetime, wait_until: datetime) -> datetime | None:
