@@ -101,11 +101,14 @@ def make_handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
                 self._answer(404, {"ok": False, "error_code": 404, "description": "Not Found"})
                 return
             try:
-                params = json.loads(raw) if raw else {}
+                params = json.loads(raw) if len(raw) == length else {}
             except ValueError:
                 params = {}
             chat_id = str(params.get("chat_id", ""))
             text = str(params.get("text", ""))
+            if not (chat_id and text):  # a request cut short (its sender killed mid-body)
+                self._answer(400, {"ok": False, "error_code": 400, "description": "Bad Request"})
+                return  # is no message, as Telegram would never show one
             message_id, delay = recorder.record(
                 {
                     "t": arrived,
