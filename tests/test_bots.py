@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,9 +25,10 @@ from notifyctl.channels.telegram import pacing_key_for
 from notifyctl.config import Settings, telegram_bots_from
 from notifyctl.dispatch import Dispatcher, DispatchOptions, RunReport
 from notifyctl.models import DeliveryAttempt, Notification, Pacing, Status
-from notifyctl.service import Store, create_booking
+from notifyctl.service import Store, booking_input, create_booking, create_bookings
 from tests.fakes.telegram import FakeTelegram, migrated, too_many_requests
 from tests.support import Cli, FrozenClock
+from tests.test_dispatch import REPO
 
 TOKEN = "123456789:AAH-default_Bot_SECRET_a1"
 TOKEN2 = "987654321:BBQ-studio2_Bot_SECRET_b2"
@@ -316,3 +320,59 @@ def test_every_bots_token_is_redacted_in_output_logs_and_stored_errors(
     errors = stored_errors(store)
     assert errors.count("/bot") >= 2  # the URLs are there, their tokens are not
     assert_no_token(result.stdout, result.stderr, listed.stdout, listed.stderr, errors)
+
+
+def test_two_bots_deliver_twice_one_bots_rate_across_four_processes(
+    database_url: str, store: Store, clock: FrozenClock
+) -> None:
+    """Rate limits are per token: two bots are two budgets, shared by every dispatcher."""
+    now = datetime.now(UTC)
+    clock.set(now)
+    per_bot = 100
+    inputs = [
+        booking_input(
+            f"b{bot}{i}",
+            starts_at=now + timedelta(minutes=30),
+            ends_at=now + timedelta(minutes=90),
+            to=[f"telegram:{'studio2/' if bot else ''}{7000 + i}"],
+            remind=["hour_before"],
+            now=now,
+        )
+        for bot in (0, 1)
+        for i in range(per_bot)
+    ]
+    create_bookings(store, inputs)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFYCTL_", "TELEGRAM_"))}
+    with FakeTelegram(token=TOKEN, tokens=[TOKEN2], rate_limit=30) as tg:
+        env.update(
+            NOTIFYCTL_DATABASE_URL=database_url,
+            NOTIFYCTL_NO_WAIT="1",
+            TELEGRAM_BOT_TOKEN=TOKEN,
+            TELEGRAM_BOT_TOKEN_STUDIO2=TOKEN2,
+            TELEGRAM_API_URL=tg.api_url,
+            PYTHONPATH=str(REPO),
+        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "notifyctl", "dispatch", "--json"],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        outputs = [p.communicate(timeout=60) for p in procs]
+        sent = tg.sent()
+        count_429 = tg.count_429
+
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    assert count_429 == 0
+    assert len(sent) == 2 * per_bot
+    times = sorted(m.at for m in sent)
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    by_bot = {token: sum(1 for m in sent if m.token == token) for token in (TOKEN, TOKEN2)}
+    print(f"\n2 bots, 4 dispatchers vs 30 msg/s per token: {rate:.1f} msg/s, 0 x 429")
+    assert by_bot == {TOKEN: per_bot, TOKEN2: per_bot}
+    assert rate >= 1.8 * 25  # twice one bot's --rate-limit 25, within pacing jitter

@@ -240,7 +240,8 @@ class FakeTelegram:
         self._messages: list[Received] = []
         self._scripts: dict[str, deque[Reply]] = {}
         self._override: Reply | None = None
-        self._window: deque[float] = deque()  # arrival times of recent 200s
+        # arrival times of recent 200s, per token: every bot has its own rate limit
+        self._windows: dict[str, deque[float]] = {}
         self._next_message_id = 1
         self._requests = 0
         self._by_status: Counter[int] = Counter()
@@ -302,7 +303,7 @@ class FakeTelegram:
         """Forget received messages and counters (scripts are kept)."""
         with self._lock:
             self._messages.clear()
-            self._window.clear()
+            self._windows.clear()
             self._requests = 0
             self._by_status.clear()
             self._started_at = time.monotonic()
@@ -421,7 +422,7 @@ class FakeTelegram:
             self._requests += 1
             reply = self._decide(token, params, chat_id, text, now)
             if reply.status == 200:
-                self._window.append(now)
+                self._windows.setdefault(token, deque()).append(now)
                 if reply.body is None:
                     message_id = self._next_message_id
                     self._next_message_id += 1
@@ -474,7 +475,7 @@ class FakeTelegram:
         if len(text) > MAX_TEXT_LENGTH:
             return error(400, "Bad Request: message is too long")
         if self.rate_limit is not None:
-            window = self._window
+            window = self._windows.setdefault(token, deque())
             while window and now - window[0] >= 1.0:
                 window.popleft()
             if len(window) >= self.rate_limit:
