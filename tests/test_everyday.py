@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -282,13 +281,14 @@ def test_read_only_commands_work_on_a_store_the_user_cannot_write(tmp_path: Path
     cli.ok("migrate")
     cli.ok("create", "b1", "--starts-at", "+3h", "--ends-at", "+4h", "--to", "console:a")
     cli.ok("dispatch")  # leaves WAL files behind, as a live store has
-    shared = Path("/tmp") / f"notifyctl-ro-{os.getpid()}"
-    shutil.rmtree(shared, ignore_errors=True)
-    shared.mkdir(mode=0o755)
+    shared = tmp_path / "backup"
+    shared.mkdir()
+    copy = shared / "n.db"
+    subprocess.run(["sqlite3", str(source), f".backup {copy}"], check=True)
+    # a read-only mount: nobody, root included, may write the file or its directory
+    subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
     try:
-        copy = shared / "n.db"
-        subprocess.run(["sqlite3", str(source), f".backup {copy}"], check=True)
-        copy.chmod(0o644)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(shared)], check=True)
         url = f"sqlite:///{copy}"
         commands = [
             ["list"],
@@ -304,14 +304,13 @@ def test_read_only_commands_work_on_a_store_the_user_cannot_write(tmp_path: Path
                 capture_output=True,
                 text=True,
                 timeout=60,
-                user=65534,  # nobody: may read the file, never write it or its directory
                 cwd=shared,
             )
             assert done.returncode == 0, (args, done.stderr)
             assert "readonly" not in done.stderr
         assert sorted(p.name for p in shared.iterdir()) == ["n.db"]  # nothing written
     finally:
-        shutil.rmtree(shared, ignore_errors=True)
+        subprocess.run(["umount", str(shared)], check=True)
 
 
 # --- item 6: options that contradict each other --------------------------------------------
