@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -62,3 +67,44 @@ class Cli:
         result = self(*args, **kwargs)
         assert result.exit_code == 0, (result.stdout, result.stderr)
         return result
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def clean_env(database_url: str, **extra: str) -> dict[str, str]:
+    """This process's environment without notifyctl's own settings, pointed at one store."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NOTIFYCTL_", "TELEGRAM_")) and k != "DATABASE_URL"
+    }
+    return env | {"NOTIFYCTL_DATABASE_URL": database_url, "PYTHONPATH": str(REPO), **extra}
+
+
+def on_terminal(
+    database_url: str, *args: str, columns: int = 80, term: str = "dumb"
+) -> tuple[int, str]:
+    """``notifyctl ARGS`` in a real process whose stdout is a pseudo-terminal."""
+    env = clean_env(database_url, COLUMNS=str(columns), NO_COLOR="1", TERM=term)
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "notifyctl", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=subprocess.STDOUT,
+        env=env,
+    ) as process:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        code = process.wait(timeout=60)
+    os.close(leader)
+    return code, b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")

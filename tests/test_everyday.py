@@ -4,8 +4,6 @@ read-only stores, metrics after early failures, options that mean what they say.
 from __future__ import annotations
 
 import json
-import os
-import pty
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -19,44 +17,7 @@ from notifyctl.db import Store
 from notifyctl.service import create_booking
 from tests.dbstate import assert_usage_error
 from tests.ops_support import dispatch, frozen_cli, minutes
-from tests.support import Cli, FrozenClock
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def clean_env(database_url: str, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("NOTIFYCTL_", "TELEGRAM_")) and k != "DATABASE_URL"
-    }
-    return env | {"NOTIFYCTL_DATABASE_URL": database_url, "PYTHONPATH": str(REPO), **extra}
-
-
-def on_terminal(database_url: str, *args: str, columns: int = 80) -> tuple[int, str]:
-    """``notifyctl ARGS`` in a real process whose stdout is a pseudo-terminal."""
-    env = clean_env(database_url, COLUMNS=str(columns), NO_COLOR="1", TERM="dumb")
-    leader, follower = pty.openpty()
-    with subprocess.Popen(
-        [sys.executable, "-m", "notifyctl", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=follower,
-        stderr=subprocess.STDOUT,
-        env=env,
-    ) as process:
-        os.close(follower)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        code = process.wait(timeout=60)
-    os.close(leader)
-    return code, b"".join(chunks).decode().replace("\r\n", "\n")
+from tests.support import Cli, FrozenClock, clean_env, on_terminal
 
 
 def book(store: Store, booking_id: str, start: timedelta, *to: str, **kw: object) -> None:

@@ -12,11 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import pty
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,9 +20,8 @@ import pytest
 from notifyctl import bookfile
 from tests import dbstate as db
 from tests.dbstate import assert_usage_error
-from tests.support import Cli, CliResult
+from tests.support import Cli, CliResult, on_terminal
 
-REPO = Path(__file__).resolve().parents[1]
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 ESC = "\x1b"
@@ -36,43 +31,6 @@ TIMES = ("--starts-at", "+2d", "--ends-at", "+3d")
 
 def create(cli: Cli, booking_id: str, *args: str, to: str = "console:a") -> None:
     cli.ok("create", *TIMES, "--to", to, "--remind", "day_before", *args, "--", booking_id)
-
-
-def on_terminal(database_url: str, *args: str) -> tuple[int, str]:
-    """``notifyctl ARGS`` in a real process whose stdout is a pseudo-terminal."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("NOTIFYCTL_", "TELEGRAM_")) and k != "DATABASE_URL"
-    }
-    env |= {
-        "NOTIFYCTL_DATABASE_URL": database_url,
-        "PYTHONPATH": str(REPO),
-        "COLUMNS": "250",
-        "NO_COLOR": "1",
-        "TERM": "xterm",
-    }
-    leader, follower = pty.openpty()
-    with subprocess.Popen(
-        [sys.executable, "-m", "notifyctl", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=follower,
-        stderr=subprocess.STDOUT,
-        env=env,
-    ) as process:
-        os.close(follower)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        code = process.wait(timeout=60)
-    os.close(leader)
-    return code, b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
 
 
 def from_file(cli: Cli, tmp_path: Path, text: str, name: str = "bookings.jsonl") -> CliResult:
@@ -105,7 +63,7 @@ def test_list_on_a_terminal_shows_markup_and_escapes_as_text(cli: Cli, database_
     create(cli, "[link=https://evil.example]click me[/link]")
     db.set_reminder(database_url, "[/x]", "day_before", last_error=f"boom {RED}\rX")
 
-    code, screen = on_terminal(database_url, "list")
+    code, screen = on_terminal(database_url, "list", columns=250, term="xterm")
 
     assert code == 0, screen
     assert "[/x]" in screen
@@ -119,7 +77,7 @@ def test_stats_and_summary_on_a_terminal_render(cli: Cli, database_url: str) -> 
     create(cli, "[/b]")
 
     for args in (["stats"], ["list", "--summary"]):
-        code, screen = on_terminal(database_url, *args)
+        code, screen = on_terminal(database_url, *args, columns=250, term="xterm")
         assert code == 0, screen
         assert "pending" in screen
 
