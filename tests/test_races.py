@@ -314,11 +314,9 @@ def test_pacing_reservation_is_patient_then_translated(
 # --- 6. a missing channel configuration stops only that channel ---------------------------
 
 
-def test_missing_token_gives_back_telegram_and_delivers_the_console(
-    cli: Cli, store: Store, clock: FrozenClock
-) -> None:
-    clock.set(datetime.now(UTC))
-    start = clock() + timedelta(minutes=30)
+def telegram_and_console_due(store: Store) -> None:
+    """One booking whose hour_before reminders (Telegram and console) are due now."""
+    start = store.clock() + timedelta(minutes=30)
     create_booking(
         store,
         "b1",
@@ -327,6 +325,13 @@ def test_missing_token_gives_back_telegram_and_delivers_the_console(
         to=["12345", "console:desk"],
         remind=["hour_before"],
     )
+
+
+def test_missing_token_gives_back_telegram_and_delivers_the_console(
+    cli: Cli, store: Store, clock: FrozenClock
+) -> None:
+    clock.set(datetime.now(UTC))
+    telegram_and_console_due(store)
 
     preview = cli("dispatch", "--dry-run")
     result = cli("dispatch")
@@ -348,15 +353,7 @@ def test_missing_token_gives_back_telegram_and_delivers_the_console(
 def test_rejected_token_stops_telegram_only(
     store: Store, clock: FrozenClock, tg: FakeTelegram
 ) -> None:
-    start = clock() + timedelta(minutes=30)
-    create_booking(
-        store,
-        "b1",
-        starts_at=start,
-        ends_at=start + timedelta(hours=1),
-        to=["12345", "console:desk"],
-        remind=["hour_before"],
-    )
+    telegram_and_console_due(store)
     tg.revoke(TOKEN)
 
     report = dispatcher(store, clock, tg.api_url).run()
