@@ -38,7 +38,7 @@ QUERIES: dict[str, Callable[[Connection, datetime], object]] = {
     "due": lambda conn, now: queries.claim_due(
         conn, now, 50, "00000000-0000-0000-0000-000000000000", timedelta(seconds=300)
     ),
-    "due_channels": lambda conn, now: queries.due_channels(conn, now),
+    "due_senders": lambda conn, now: queries.due_senders(conn, now),
 }
 try:  # the probe an idle run makes instead of the above, where notifyctl has one
     from notifyctl.runs import has_work

@@ -561,24 +561,11 @@ def reminders_of(conn: Connection, external_id: str, kind: str | None) -> list[R
     return rows
 
 
-def due_channels(conn: Connection, now: datetime) -> list[str]:
-    """The channels that have reminders due now (their config must be checked).
-
-    Called right after ``expire_useless``, so it needs no ``not_after`` term, and
-    without one the planner can only walk the narrow due range of ix_notifications_due.
-    """
-    return list(
-        conn.scalars(
-            select(N.channel).where(N.status == Status.PENDING, N.due_at <= now).distinct()
-        )
-    )
-
-
 def due_senders(conn: Connection, now: datetime) -> list[str]:
     """The senders with reminders due now: channels, and ``telegram:<bot>`` per named bot.
 
-    ``due_channels`` with the bot name cut from the recipient: the same walk of
-    the narrow due range of ix_notifications_due, in one query.
+    Called right after ``expire_useless``, so it needs no ``not_after`` term, and
+    without one the planner can only walk the narrow due range of ix_notifications_due.
     """
     slash = (func.strpos if conn.dialect.name == "postgresql" else func.instr)(N.recipient, "/")
     name = case(
