@@ -132,6 +132,7 @@ METAVARS = {
     "--due-after": "T",
     "--to": "R",
     "--title": "TEXT",
+    "--reason": "TEXT",
     "--timezone": "ZONE",
     "--remind": "KIND",
     "--kind": "KIND",
@@ -159,7 +160,8 @@ def conventional_help(command: Any) -> None:
     for param in getattr(command, "params", []):
         if param.param_type_name == "option":
             if param.is_flag and param.secondary_opts:
-                param.secondary_opts = []
+                if not param.default:  # an on-by-default switch keeps its --no-… form
+                    param.secondary_opts = []
                 param.show_default = False
             elif not param.is_flag and param.metavar is None:
                 long_name = max(param.opts, key=len)
@@ -295,6 +297,17 @@ CreateTimezoneOpt = Annotated[
 ]
 
 
+NoticesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--notices/--no-notices",
+        envvar="NOTIFYCTL_NOTICES",
+        help="Tell the recipients who already got a reminder when the booking moves or is "
+        "cancelled (change notices; NOTIFYCTL_NOTICES=off turns them off by default).",
+    ),
+]
+
+
 def _settings(database_url: str | None, **fields: Any) -> Settings:
     settings = Settings(database_url=database_url or default_database_url(), **fields)
     redact.add(settings.secrets())
@@ -373,6 +386,7 @@ def create(
             "per line, all in one transaction; options above are defaults.",
         ),
     ] = None,
+    notices: NoticesOpt = True,
     json_out: JsonFlag = False,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -405,7 +419,9 @@ def create(
                 inputs, lines = _read_with_progress(
                     read_bookings, stream, name, defaults, now, output, notes
                 )
-            results = create_bookings(store, inputs, lines=lines, refuse_ended=True)
+            results = create_bookings(
+                store, inputs, lines=lines, refuse_ended=True, notices=notices
+            )
         else:
             if booking_id is None:
                 raise InvalidInput("missing BOOKING_ID (or --from-file)")
@@ -430,7 +446,7 @@ def create(
                 now=now,
             )
             notes += time_notes
-            results = create_bookings(store, [inp], refuse_ended=True)
+            results = create_bookings(store, [inp], refuse_ended=True, notices=notices)
     for note in dict.fromkeys(notes):  # how a time was read (ambiguous at a DST change)
         print(inert(f"note: {note}"), file=sys.stderr)
     if json_out:
@@ -447,9 +463,11 @@ def create(
             actions[r.action] = actions.get(r.action, 0) + 1
         added = sum(r.added for r in results)
         skipped = sum(len(r.skipped) for r in results)
+        queued = sum(r.notices for r in results)
         counts = ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))
         output.line(
             f"{len(results)} bookings: {counts}; {added} reminders added, {skipped} skipped"
+            + (f", {queued} change notice(s) queued" if queued else "")
         )
         return
     for r in results:
@@ -470,6 +488,8 @@ def _counts_text(result: Any) -> str:
             (result.rescheduled, "rescheduled"),
             (result.cancelled, "cancelled"),
             (len(result.skipped), "skipped"),
+            (result.notices, "change notice(s) queued"),
+            (result.notices_withdrawn, "change notice(s) withdrawn"),
         )
         if n
     ]
@@ -551,23 +571,36 @@ def cancel(
         list[int] | None, typer.Option("--notification", help="Cancel one reminder by id.")
     ] = None,
     missing_ok: Annotated[bool, typer.Option(help="Unknown ids are not an error.")] = False,
+    reason: Annotated[
+        str | None,
+        typer.Option(help="Why (one line, up to 500 characters): shown in the cancel notice."),
+    ] = None,
+    notices: NoticesOpt = True,
     json_out: JsonFlag = False,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Cancel bookings and their unsent reminders (idempotent)."""
+    """Cancel bookings and their unsent reminders (idempotent); tell who got a reminder."""
     from .service import cancel as cancel_use_case
 
     if not booking_ids and not notification:
         raise InvalidInput("give at least one BOOKING_ID or --notification ID")
     with _store(database_url) as store:
         result = cancel_use_case(
-            store, booking_ids or [], notification_ids=notification or [], missing_ok=missing_ok
+            store,
+            booking_ids or [],
+            notification_ids=notification or [],
+            missing_ok=missing_ok,
+            reason=reason,
+            notices=notices,
         )
     output = _output()
     if json_out:
         output.line(render_json(result.as_dict()))
     else:
-        output.line(f"cancelled {result.bookings} booking(s), {result.reminders} reminder(s)")
+        queued = f", {result.notices} change notice(s) queued" if result.notices else ""
+        output.line(
+            f"cancelled {result.bookings} booking(s), {result.reminders} reminder(s){queued}"
+        )
 
 
 # --- list -------------------------------------------------------------------------------
@@ -604,7 +637,7 @@ def list_(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Show the reminder queue, soonest due first."""
-    from .kinds import parse_kind
+    from .kinds import kind_name
     from .queries import ListFilter
     from .service import LIST_FIELDS, list_notifications
     from .times import parse_time, parse_zone
@@ -636,7 +669,7 @@ def list_(
         where = ListFilter(
             statuses=statuses,
             booking_id=booking,
-            kind=parse_kind(kind).name if kind else None,
+            kind=kind_name(kind) if kind else None,
             due_before=parse_time(due_before, zone, now) if due_before else None,
             due_after=parse_time(due_after, zone, now) if due_after else None,
             limit=limit,
@@ -1008,14 +1041,12 @@ def templates_preview(
 ) -> None:
     """Show what each recipient of a booking would get (subject and HTML part where the
     channel sends them) and each reminder's status."""
-    from .kinds import parse_kind
+    from .kinds import kind_name
     from .preview import preview_booking
 
     settings = _settings(database_url, templates_path=templates)
     with _store(settings.database_url, read_only=True) as store:
-        items = preview_booking(
-            store, settings, booking_id, parse_kind(kind).name if kind else None
-        )
+        items = preview_booking(store, settings, booking_id, kind_name(kind) if kind else None)
     output = _output()
     if json_out:
         output.line(render_json([item.__dict__ for item in items]))

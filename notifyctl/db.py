@@ -37,7 +37,7 @@ from .times import Clock, utcnow
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: the Alembic head this code expects; commands check it without importing Alembic
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

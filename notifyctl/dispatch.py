@@ -34,7 +34,7 @@ from .channels import (
     sender,
     shown_recipient,
 )
-from .channels.base import Channel, ChannelContext, Delivery, SendResult
+from .channels.base import Channel, ChannelContext, Delivery, Editor, SendResult
 from .config import Settings, redact
 from .db import Store
 from .decisions import Outcome, decide
@@ -68,6 +68,8 @@ class Claim:
     not_after: datetime
     send_by: datetime  # last moment to start sending: well inside the lease
     lease_expires: datetime  # the last moment this run may record anything for it
+    previous_starts_at: datetime | None = None  # a change notice's "was" (None: a reminder)
+    previous_ends_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,8 @@ class Dispatcher:
                     row.not_after,
                     send_by,
                     now + lease,
+                    row.previous_starts_at,
+                    row.previous_ends_at,
                 )
                 for row in rows
             ]
@@ -338,8 +342,16 @@ class Dispatcher:
         }
         if unsent:
             self._record(unsent, report)
+        channels = {claim.id: channel for claim, channel in ready}
+        corrections: list[Future[tuple[str, list[dict[str, Any]]]]] = []
         for group in self._completed(futures):
             self._record(group, report)
+            for item in group:  # a notice is out: correct what the recipient was told before
+                channel = channels[item.claim.id]
+                if _delivered_notice(item) and isinstance(channel, Editor):
+                    corrections.append(pool.submit(self._correct, item.claim, channel))
+        if corrections:
+            self._record_corrections(corrections, report)
 
     def _completed(self, futures: dict[Future[Returned], Claim]) -> Iterator[list[Returned]]:
         """The sends that have returned, in groups: whatever finished since the last look.
@@ -451,6 +463,75 @@ class Dispatcher:
             self._disable(key, f"{key}: credentials rejected ({result.error})")
         return Attempted(claim, result, started, finished)
 
+    # -- corrections: Telegram reminders edited in place after a change notice ------------
+
+    def _correct(self, claim: Claim, channel: Editor) -> tuple[str, list[dict[str, Any]]]:
+        """Edit the messages a delivered notice corrects; their history rows.
+
+        Paced like sends (same bot, same chat limits), never past the claim's
+        last moment to send; any failure is recorded and never touches the notice.
+        """
+        from .message import booking_view
+        from .notices import EDITABLE_FOR
+        from .texts import correction
+
+        rows: list[dict[str, Any]] = []
+        try:
+            with self.store.reader() as conn:
+                found = queries.notice_corrections(conn, claim.id)
+            if found is None:
+                return claim.channel, rows
+            corrects, booking = found
+            view = booking_view(booking)
+            key = getattr(channel, "pacing_key", None)
+            chat = chat_key(claim.channel, claim.recipient)
+            for entry in corrects:
+                if datetime.fromisoformat(entry["sent_at"]) <= self.clock() - EDITABLE_FOR:
+                    continue  # Telegram no longer edits it: not tried
+                turn = self._pacer.wait_turn(self._pacer.allowance(key, 1), chat, claim.send_by)
+                if turn.late:
+                    break
+                self._pacer.sleep_until(turn.at)
+                started = self.clock()
+                text = correction(str(entry["text"]), view, claim.kind)
+                result = channel.edit(claim.recipient, str(entry["message_id"]), text)
+                if result.delivery is Delivery.RETRY_AFTER:
+                    self._pacer.pause(key, result.retry_after or 1.0)
+                rows.append(_edit_row(int(entry["id"]), result, started, self.clock()))
+        except Exception as e:  # an edit never fails the run, nor the notice it follows
+            log.warning("notice %s: corrections stopped: %s", claim.id, redact(str(e)))
+        return claim.channel, rows
+
+    def _record_corrections(
+        self, corrections: list[Future[tuple[str, list[dict[str, Any]]]]], report: RunReport
+    ) -> None:
+        """History rows of the edits (outcome ``edited`` / ``edit_failed``), counted once."""
+        done = [future.result() for future in corrections]
+        rows = [{**row, "run_id": report.run_id} for _, edits in done for row in edits]
+        if not rows:
+            return
+        deadline = self.clock() + timedelta(seconds=self.context.send_deadline)
+
+        def write() -> None:
+            with self.store.transaction() as conn:
+                queries.insert_attempts(conn, rows)
+
+        try:
+            self._patiently(write, deadline)
+        except DatabaseError as e:
+            log.warning("could not record %d message edit(s): %s", len(rows), e.message)
+            return
+        for channel, edits in done:
+            for row in edits:
+                report.count(row["outcome"], channel)
+        for row in rows:
+            log.info(
+                "reminder %s %s",
+                row["notification_id"],
+                row["outcome"],
+                extra={"action": row["outcome"], "notification_id": row["notification_id"]},
+            )
+
     # -- recording ---------------------------------------------------------------------
 
     def _patiently(self, work: Callable[[], T], deadline: datetime) -> T:
@@ -526,6 +607,33 @@ class Dispatcher:
         )
 
 
+def _delivered_notice(item: Returned) -> bool:
+    from .kinds import is_notice
+
+    return (
+        isinstance(item, Attempted)
+        and item.result.delivery is Delivery.SENT
+        and is_notice(item.claim.kind)
+    )
+
+
+def _edit_row(
+    reminder_id: int, result: SendResult, started: datetime, finished: datetime
+) -> dict[str, Any]:
+    """The delivery_attempts row of one edit, against the reminder it corrected."""
+    edited = result.delivery is Delivery.SENT
+    return {
+        "notification_id": reminder_id,
+        "run_id": None,
+        "started_at": started,
+        "finished_at": finished,
+        "outcome": Action.EDITED if edited else Action.EDIT_FAILED,
+        "http_status": result.http_status,
+        "error": None if edited else redact(result.error or "edit refused"),
+        "uncertain": False,
+    }
+
+
 def _superseded(claim: Claim) -> NotSent:
     error = "superseded by a later reminder for the same booking"
     return NotSent(claim, Outcome.expired(error, Reason.SUPERSEDED))
@@ -582,6 +690,8 @@ def _outcome_values(outcome: Outcome, result: SendResult | None, now: datetime) 
             provider_message_id=result.provider_id if result else None,
             last_error=None,
         )
+        if result is not None and result.shown_text is not None:
+            values["sent_text"] = result.shown_text  # what a change notice may correct
     if outcome.due_at is not None:
         values["due_at"] = outcome.due_at
     return values

@@ -1,7 +1,9 @@
 """The reminder-kind table: when each kind is due and until when it is useful.
 
 A new kind is one entry in ``KINDS``. Offsets such as ``start-30m`` or
-``end-10m`` are kinds too, parsed by ``parse_kind``.
+``end-10m`` are kinds too, parsed by ``parse_kind``. Change notices
+(``NOTICE_KINDS``, SPEC §10) are kinds of message but not of reminder: no
+``--remind`` asks for them, ``create`` and ``cancel`` queue them.
 """
 
 from __future__ import annotations
@@ -42,6 +44,27 @@ KINDS: dict[str, Kind] = {
 }
 DEFAULT_KINDS = tuple(KINDS)
 
+RESCHEDULED = "rescheduled"
+CANCELLED = "cancelled"
+#: change notices: queued when a booking moves or is cancelled, never superseded
+NOTICE_KINDS = (RESCHEDULED, CANCELLED)
+
+
+def is_notice(kind: str) -> bool:
+    return kind in NOTICE_KINDS
+
+
+def kind_name(text: str) -> str:
+    """The canonical name of a kind of message: a reminder kind or offset, or a notice kind."""
+    raw = text.strip().lower()
+    return raw if raw in NOTICE_KINDS else parse_kind(text).name
+
+
+def anchor_of(kind: str) -> Anchor:
+    """What a kind's text is about: the start (notices and start reminders) or the end."""
+    return "start" if is_notice(kind) else parse_kind(kind).anchor
+
+
 _OFFSET = re.compile(r"(start|end)([+-])(\w+)")
 
 
@@ -51,6 +74,11 @@ def parse_kind(text: str) -> Kind:
     if raw in KINDS:
         return KINDS[raw]
     match = _OFFSET.fullmatch(raw)
+    if raw in NOTICE_KINDS:
+        raise InvalidInput(
+            f"{raw} is a change notice, not a reminder kind: create and cancel queue it "
+            "when a booking moves or is cancelled (--no-notices turns them off)"
+        )
     if not match:
         raise InvalidInput(
             f"unknown reminder kind {shown(text)}: use {', '.join(KINDS)} "

@@ -14,6 +14,7 @@ from sqlalchemy import Row
 
 from .channels.base import Channel, Message
 from .config import Settings
+from .kinds import CANCELLED, is_notice
 
 if TYPE_CHECKING:
     from .texts import Rendered, TemplateSet, TextFormat
@@ -30,6 +31,17 @@ class Addressed(Protocol):
     def channel(self) -> str: ...
     @property
     def recipient(self) -> str: ...
+    @property
+    def previous_starts_at(self) -> datetime | None: ...  # a change notice's "was"
+    @property
+    def previous_ends_at(self) -> datetime | None: ...
+
+
+def previous_of(claim: Addressed) -> tuple[datetime, datetime] | None:
+    """A change notice's "was" times; None for a reminder."""
+    if claim.previous_starts_at is None or claim.previous_ends_at is None:
+        return None
+    return claim.previous_starts_at, claim.previous_ends_at
 
 
 def booking_view(row: Row[Any]) -> Any:
@@ -43,6 +55,7 @@ def booking_view(row: Row[Any]) -> Any:
         timezone=row.timezone,
         locale=row.locale,
         data=dict(row.data or {}),
+        cancel_reason=getattr(row, "cancel_reason", None),
     )
 
 
@@ -66,12 +79,13 @@ def render_for(
     text_format: TextFormat = "plain",
     max_length: int | None = None,
     parts: frozenset[str] = frozenset(),
+    previous: tuple[datetime, datetime] | None = None,
 ) -> tuple[Rendered, dict[str, Any]]:
-    """The rendered text of one reminder, true at ``now``, and the variables it saw."""
+    """The rendered text of one reminder or notice, true at ``now``, and the variables it saw."""
     from .texts import BUILTIN, context, render_template
 
     view = booking_view(booking)
-    variables = context(view, kind, recipient, channel, now)
+    variables = context(view, kind, recipient, channel, now, previous)
     template = templates.lookup(view.locale, kind, channel) if templates else BUILTIN
     rendered = render_template(
         template, variables, text_format=text_format, max_length=max_length, parts=parts
@@ -97,6 +111,7 @@ def build_message(
         text_format=channel.text_format,
         max_length=channel.max_text_length,
         parts=channel.parts,
+        previous=previous_of(claim),
     )
     view = booking_view(booking)
     payload = {
@@ -112,6 +127,14 @@ def build_message(
         "timezone": view.timezone,
         "data": view.data,
     }
+    if is_notice(claim.kind):  # what changed, for a receiver that keeps its own calendar
+        was = previous_of(claim) or (view.starts_at, view.ends_at)
+        payload |= {
+            "event": claim.kind,
+            "previous_starts_at": was[0].isoformat(),
+            "previous_ends_at": was[1].isoformat(),
+            "reason": view.cancel_reason if claim.kind == CANCELLED else None,
+        }
     return Message(
         notification_id=claim.id,
         booking_id=view.booking_id,

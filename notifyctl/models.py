@@ -65,6 +65,9 @@ class Reason(enum.StrEnum):
     TEMPLATE = "template"  # its text could not be rendered
     UNKNOWN_CHANNEL = "unknown_channel"
     DUPLICATE = "duplicate"  # its chat moved onto a chat that already had this reminder
+    MOVED_BACK = "moved_back"  # a change notice: the booking went back to the times it had
+    REPLACED = "replaced"  # a change notice: the booking was cancelled, a cancel notice follows
+    REBOOKED = "rebooked"  # a cancel notice: the booking was booked again before it went out
 
 
 class BookingStatus(enum.StrEnum):
@@ -101,6 +104,7 @@ class Booking(Base):
     locale: Mapped[str | None] = mapped_column(String(35))
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=BookingStatus.ACTIVE.value)
+    cancel_reason: Mapped[str | None] = mapped_column(String(500))  # cancel --reason
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -131,6 +135,13 @@ class Notification(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     provider_message_id: Mapped[str | None] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(String(32))
+    # change notices (kinds.NOTICE_KINDS): the times the recipient was told before the change
+    previous_starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    previous_ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # a notice's messages to correct in place: [{"id", "message_id", "text", "sent_at"}]
+    corrects: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # the text as the recipient saw it (channels that can edit: Telegram)
+    sent_text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -222,6 +233,8 @@ class DispatchRun(Base):
     released: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     bad_credentials: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     lease_lost: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    edited: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    edit_failed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     exit_code: Mapped[int | None] = mapped_column(Integer)
 
 

@@ -17,7 +17,7 @@ from .channels import shown_recipient
 from .config import Settings, redact
 from .db import Store
 from .errors import NotFound
-from .message import load_templates, render_for
+from .message import load_templates, previous_of, render_for
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ def _previews(
                 when(row),
                 templates,
                 parts=wanted,
+                previous=previous_of(row),
             )
             text = rendered.text
             if "subject" in wanted:  # what the channel sends, its default included

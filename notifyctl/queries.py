@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import aliased
 
+from .kinds import NOTICE_KINDS
 from .models import (
     FINAL_STATUSES,
     Booking,
@@ -105,7 +106,16 @@ def insert_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list
     return [r.id for r in result]
 
 
-BOOKING_FIELDS = ("title", "starts_at", "ends_at", "timezone", "locale", "data", "status")
+BOOKING_FIELDS = (
+    "title",
+    "starts_at",
+    "ends_at",
+    "timezone",
+    "locale",
+    "data",
+    "status",
+    "cancel_reason",
+)
 
 
 def update_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -160,6 +170,25 @@ def insert_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) ->
             for row in rows
         ],
     )
+
+
+def insert_notices(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """New change notices (a few per create or cancel: no bulk path needed)."""
+    if rows:
+        conn.execute(insert(N), list(rows))
+
+
+def update_notices(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite change notices (rows carry ``n_id``), one statement per shape of row.
+
+    The rows were read under lock by the caller, so each update matches.
+    """
+    shapes: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        shapes.setdefault(tuple(sorted(k for k in row if k != "n_id")), []).append(row)
+    for fields, same in shapes.items():
+        values: dict[str, Any] = {f: bindparam(f) for f in fields}
+        conn.execute(update(N).where(N.id == bindparam("n_id")).values(values), same)
 
 
 REARM_FIELDS = (
@@ -244,6 +273,12 @@ def cancel_booking_rows(conn: Connection, booking_ids: Sequence[int], now: datet
         )
         count += result.rowcount
     return count
+
+
+def set_cancel_reason(conn: Connection, booking_ids: Sequence[int], reason: str) -> None:
+    """Keep ``cancel --reason`` on the bookings: their cancel notices show it."""
+    for part in chunks(booking_ids):
+        conn.execute(update(B).where(B.id.in_(part)).values(cancel_reason=reason))
 
 
 def existing_notification_ids(conn: Connection, ids: Sequence[int]) -> set[int]:
@@ -347,9 +382,13 @@ def expire_useless(conn: Connection, now: datetime) -> int:
 
 
 def _superseded(now: datetime) -> Any:
-    """A later reminder of the same booking and recipient is due or already sent."""
+    """A later reminder of the same booking and recipient is due or already sent.
+
+    Change notices are neither superseded nor supersede: each tells something new.
+    """
     later = aliased(N)
-    return exists().where(
+    return N.kind.not_in(NOTICE_KINDS) & exists().where(
+        later.kind.not_in(NOTICE_KINDS),
         later.booking_id == N.booking_id,
         later.channel == N.channel,
         later.recipient == N.recipient,
@@ -454,6 +493,8 @@ CLAIM_COLUMNS = (
     N.not_after,
     N.due_at,
     N.attempts,
+    N.previous_starts_at,  # a change notice's "was" (NULL for reminders)
+    N.previous_ends_at,
 )
 
 
@@ -681,6 +722,18 @@ def held_bookings(
         for row in rows:
             found[row.notification_id] = row
     return found
+
+
+def notice_corrections(
+    conn: Connection, notice_id: int
+) -> tuple[list[dict[str, Any]], Row[Any]] | None:
+    """A change notice's messages to correct and its booking as it is now (after it went out)."""
+    row = conn.execute(
+        select(N.corrects, B).join(B, B.id == N.booking_id).where(N.id == notice_id)
+    ).first()
+    if row is None or not row.corrects:
+        return None
+    return list(row.corrects), row
 
 
 def remember_chat_move(conn: Connection, channel: str, old: str, new: str, now: datetime) -> None:

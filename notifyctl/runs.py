@@ -80,6 +80,8 @@ class Action(StrEnum):
     BAD_CREDENTIALS = "bad_credentials"  # the provider refused the token: given back
     RESCUED = "rescued"  # its run stopped holding it (crash): pending again, marked uncertain
     LEASE_LOST = "lease_lost"  # its outcome was not recorded: a newer owner holds it
+    EDITED = "edited"  # a sent Telegram reminder corrected in place after a change notice
+    EDIT_FAILED = "edit_failed"  # that correction was refused (the notice itself went out)
 
 
 #: per-run counters besides one per Action
@@ -100,6 +102,8 @@ class RunReport:
     bad_credentials: int = 0
     rescued: int = 0
     lease_lost: int = 0
+    edited: int = 0
+    edit_failed: int = 0
     exit_code: int = 0
     error: str | None = None
     duration_seconds: float = 0.0

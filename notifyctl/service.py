@@ -22,8 +22,9 @@ from .channels import parse_recipient, shown_recipient
 from .db import Store as Store
 from .db import open_store as open_store
 from .errors import InvalidInput, NotFound, shown
-from .kinds import Kind, parse_kinds
+from .kinds import Kind, is_notice, parse_kinds
 from .models import BookingStatus, Reason, Status
+from .notices import Change, NoticePlan, plan_notices
 from .times import implied_zone, parse_time, parse_zone, zone_name
 
 if TYPE_CHECKING:
@@ -148,6 +149,8 @@ class BookingResult:
     cancelled: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     timezone: str | None = None  # set when the zone was not given but implied
+    notices: int = 0  # change notices queued (SPEC §10)
+    notices_withdrawn: int = 0  # pending ones cancelled: moved back, or booked again
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +159,8 @@ class BookingResult:
             "added": self.added,
             "rescheduled": self.rescheduled,
             "cancelled": self.cancelled,
+            "notices": self.notices,
+            "notices_withdrawn": self.notices_withdrawn,
             "skipped": [s.__dict__ for s in self.skipped],
             **({"timezone": self.timezone} if self.timezone else {}),
         }
@@ -216,6 +221,7 @@ class _Plan:
     rearms: list[dict[str, Any]] = field(default_factory=list)
     cancels: list[int] = field(default_factory=list)
     expires: list[int] = field(default_factory=list)
+    notices: NoticePlan = field(default_factory=NoticePlan)
 
 
 def _useless_reason(kind: Kind, scheduled: datetime, not_after: datetime, now: datetime) -> str:
@@ -288,6 +294,7 @@ def _booking_values(inp: BookingInput, status: str) -> dict[str, Any]:
         "locale": inp.locale,
         "data": dict(inp.data) if inp.data else None,
         "status": status,
+        "cancel_reason": None,  # booked (again): a cancel's reason no longer applies
     }
 
 
@@ -343,7 +350,12 @@ def _plan_new(inp: BookingInput, now: datetime, plan: _Plan) -> BookingResult:
 
 
 def _plan_existing(
-    inp: BookingInput, booking: Row[Any], reminders: list[Row[Any]], now: datetime, plan: _Plan
+    inp: BookingInput,
+    booking: Row[Any],
+    rows: list[Row[Any]],
+    now: datetime,
+    plan: _Plan,
+    notices: bool = True,
 ) -> BookingResult:
     reactivating = booking.status == BookingStatus.CANCELLED
     if reactivating and not inp.reactivate:
@@ -352,6 +364,7 @@ def _plan_existing(
         )
     wanted, useless, skipped = _wanted(inp, now)
     result = _result(inp, "unchanged", skipped)
+    reminders = [row for row in rows if not is_notice(row.kind)]  # notices: plan_notices
     for row in reminders:
         key = (row.kind, row.channel, row.recipient)
         times = wanted.pop(key, None)
@@ -382,7 +395,16 @@ def _plan_existing(
     changed = any(getattr(booking, k) != v for k, v in values.items())
     if changed:
         plan.booking_updates.append({"b_id": booking.id, **values, "updated_at": now})
-    times_changed = (booking.starts_at, booking.ends_at) != (inp.starts_at, inp.ends_at)
+    before = (booking.starts_at, booking.ends_at)
+    times_changed = before != (inp.starts_at, inp.ends_at)
+    if notices and (reactivating or times_changed):
+        change = (
+            Change("rebooked", before)
+            if reactivating
+            else Change("moved", before, (inp.starts_at, inp.ends_at))
+        )
+        counted = plan_notices(booking.id, change, rows, now, plan.notices)
+        result.notices, result.notices_withdrawn = counted
     if reactivating:
         result.action = "reactivated"
     elif times_changed:
@@ -407,6 +429,7 @@ def _apply(conn: Connection, plan: _Plan, now: datetime) -> None:
         (plan.expires, Status.EXPIRED, Reason.USELESS),
     ):
         queries.finish_unsent(conn, ids_, status, reason, DETAIL[reason], now)
+    plan.notices.apply(conn, now)
 
 
 def _follow_moves(conn: Connection, inputs: Sequence[BookingInput]) -> list[BookingInput]:
@@ -426,8 +449,12 @@ def create_bookings(
     *,
     lines: Sequence[int] | None = None,
     refuse_ended: bool = False,
+    notices: bool = True,
 ) -> list[BookingResult]:
     """Upsert bookings and their reminders in one transaction.
+
+    ``notices``: a booking moved after a reminder went out queues change
+    notices for the recipients who got one (SPEC §10), in the same transaction.
 
     ``refuse_ended`` (the CLI's rule) rejects a new booking none of whose
     reminders can still be of use (``refuse_past``).
@@ -466,7 +493,8 @@ def create_bookings(
                         refuse_past(inp, now)
                     results.append(_plan_new(inp, now, plan))
                 else:
-                    results.append(_plan_existing(inp, booking, reminders[booking.id], now, plan))
+                    rows = reminders[booking.id]
+                    results.append(_plan_existing(inp, booking, rows, now, plan, notices))
             except InvalidInput as e:
                 errors.append(f"{label(index)}: {e.message}")
         if errors:
@@ -478,9 +506,15 @@ def create_bookings(
     return results
 
 
-def create_booking(store: Store, booking_id: str, **fields: Any) -> BookingResult:
-    """Python API: create or update one booking (same arguments as ``booking_input``)."""
-    return create_bookings(store, [booking_input(booking_id, now=store.clock(), **fields)])[0]
+def create_booking(
+    store: Store, booking_id: str, *, notices: bool = True, **fields: Any
+) -> BookingResult:
+    """Python API: create or update one booking (same arguments as ``booking_input``).
+
+    ``notices=False`` is ``create --no-notices``: a move tells nobody.
+    """
+    inp = booking_input(booking_id, now=store.clock(), **fields)
+    return create_bookings(store, [inp], notices=notices)[0]
 
 
 # --- cancel -----------------------------------------------------------------------------
@@ -491,13 +525,30 @@ class CancelResult:
     bookings: int
     reminders: int
     missing: tuple[str, ...]
+    notices: int = 0  # change notices queued (SPEC §10)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "bookings": self.bookings,
             "reminders": self.reminders,
+            "notices": self.notices,
             "missing": list(self.missing),
         }
+
+
+MAX_REASON = 500
+
+
+def check_reason(reason: str | None) -> str | None:
+    """``cancel --reason``: one line of at most 500 characters (shown in the notice)."""
+    if reason is None:
+        return None
+    text = " ".join(reason.split())
+    if not text or len(text) > MAX_REASON or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise InvalidInput(
+            f"invalid --reason: 1-{MAX_REASON} characters of text, without control characters"
+        )
+    return text
 
 
 def cancel(
@@ -506,21 +557,41 @@ def cancel(
     *,
     notification_ids: Sequence[int] = (),
     missing_ok: bool = False,
+    reason: str | None = None,
+    notices: bool = True,
 ) -> CancelResult:
-    """Cancel bookings (and their unsent reminders) or single reminders. Idempotent."""
+    """Cancel bookings (and their unsent reminders) or single reminders. Idempotent.
+
+    A booking cancelled now queues a ``cancelled`` notice for each recipient
+    that already received something of it (``notices``), showing ``reason``.
+    """
+    reason = check_reason(reason)
     now = store.clock()
     with store.transaction() as conn:
-        found = queries.load_bookings(conn, list(booking_ids))
+        found = queries.load_bookings(conn, list(booking_ids), lock=True)
         known = queries.existing_notification_ids(conn, list(notification_ids))
         missing = [b for b in booking_ids if b not in found]
         missing += [str(n) for n in notification_ids if n not in known]
         if missing and not missing_ok:
             raise NotFound(f"not found: {', '.join(missing)} (use --missing-ok to ignore)")
+        active = [b for b in found.values() if b.status == BookingStatus.ACTIVE]
+        plan = NoticePlan()
+        queued = 0
+        if notices and active:
+            rows = queries.load_notifications(conn, [b.id for b in active], lock=True)
+            for b in active:
+                change = Change("cancelled", (b.starts_at, b.ends_at))
+                queued += plan_notices(b.id, change, rows[b.id], now, plan).queued
+        # a pending move notice is replaced first, so the cancel below does not count it
+        plan.apply_withdrawals(conn, now)
+        if reason is not None:
+            queries.set_cancel_reason(conn, [b.id for b in active], reason)
         reminders = queries.cancel_booking_rows(conn, [b.id for b in found.values()], now)
         reminders += queries.finish_unsent(
             conn, sorted(known), Status.CANCELLED, Reason.CANCELLED, DETAIL[Reason.CANCELLED], now
         )
-    return CancelResult(len(found), reminders, tuple(missing))
+        plan.apply(conn, now)
+    return CancelResult(len(found), reminders, tuple(missing), queued)
 
 
 # --- list -------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, Literal
 
@@ -45,14 +45,32 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import ConfigError, InvalidInput
-from .kinds import Kind, parse_kind
+from .kinds import CANCELLED, anchor_of, is_notice
+from .kinds import kind_name as canonical_kind
 from .times import parse_zone
 
 ELLIPSIS = "…"
 
-# One text per anchor and tense covers every kind, offsets included.
+# One text per anchor and tense covers every reminder kind, offsets included; the change
+# notices (SPEC §10) have one each.
+RESCHEDULED_TEXT = (
+    "{% if start == previous_start %}"
+    '"{{ title }}" now ends at {{ end_time }} ({{ timezone }}), was {{ previous_end_time }}.'
+    "{% else %}"
+    '"{{ title }}" moved: now {{ start_day }} at {{ start_time }} ({{ timezone }}), '
+    "was {{ previous_start_day }} at {{ previous_start_time }}."
+    "{% endif %}"
+)
+CANCELLED_TEXT = (
+    '"{{ title }}" on {{ previous_start_day }} at {{ previous_start_time }} ({{ timezone }}) '
+    "is cancelled.{% if reason %} Reason: {{ reason }}{% endif %}"
+)
 BUILTIN_TEXT = (
-    "{% if anchor == 'start' %}"
+    "{% if kind == 'rescheduled' %}"
+    + RESCHEDULED_TEXT
+    + "{% elif kind == 'cancelled' %}"
+    + CANCELLED_TEXT
+    + "{% elif anchor == 'start' %}"
     "{% if minutes_to_start < -1 %}"
     '"{{ title }}" started at {{ start_time }} ({{ timezone }}) and ends at {{ end_time }}.'
     "{% elif minutes_to_start <= 1 %}"
@@ -65,10 +83,21 @@ BUILTIN_TEXT = (
     "{% endif %}"
 )
 BUILTIN_SUBJECT = (
-    "Reminder: {{ title }} "
+    "{% if kind == 'rescheduled' %}Moved: {{ title }}"
+    "{% elif kind == 'cancelled' %}Cancelled: {{ title }}"
+    "{% else %}Reminder: {{ title }} "
     "{% if anchor == 'start' %}starts {{ starts_relative }}{% else %}ends {{ ends_relative }}"
-    "{% endif %}"
+    "{% endif %}{% endif %}"
 )
+
+
+def day_label(when: datetime) -> str:
+    """``Tue 9 Dec``: a date people read at a glance (English, whatever the process locale)."""
+    return f"{_DAYS[when.weekday()]} {when.day} {_MONTHS[when.month - 1]}"
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def _minutes_between(earlier: datetime, later: datetime) -> float:
@@ -106,23 +135,36 @@ class Booking:
     timezone: str
     locale: str | None
     data: dict[str, Any]
+    cancel_reason: str | None = None
+
+
+Previous = tuple[datetime, datetime]  # a notice's "was" (starts_at, ends_at)
 
 
 def context(
-    booking: Booking, kind: str, recipient: str, channel: str, now: datetime
+    booking: Booking,
+    kind: str,
+    recipient: str,
+    channel: str,
+    now: datetime,
+    previous: Previous | None = None,
 ) -> dict[str, Any]:
-    """The variables every template sees."""
+    """The variables every template sees.
+
+    ``previous`` is what a change notice's recipient was told before (the
+    ``previous_*`` variables); for a reminder they equal the booking's own times.
+    """
     zone = parse_zone(booking.timezone)
     start = booking.starts_at.astimezone(zone)
     end = booking.ends_at.astimezone(zone)
+    was_start, was_end = (p.astimezone(zone) for p in previous or (start, end))
     local_now = now.astimezone(zone)
-    parsed: Kind = parse_kind(kind)
     return {
         "title": booking.title,
         "booking_id": booking.booking_id,
         "data": dict(booking.data),
         "kind": kind,
-        "anchor": parsed.anchor,
+        "anchor": anchor_of(kind),
         "timezone": booking.timezone,
         "locale": booking.locale or "",
         "recipient": recipient,
@@ -140,7 +182,35 @@ def context(
         "days_to_start": (start.date() - local_now.date()).days,
         "days_to_end": (end.date() - local_now.date()).days,
         "now": local_now,
+        "start_day": day_label(start),
+        "previous_start": was_start,
+        "previous_end": was_end,
+        "previous_start_time": was_start.strftime("%H:%M"),
+        "previous_end_time": was_end.strftime("%H:%M"),
+        "previous_start_date": was_start.strftime("%Y-%m-%d"),
+        "previous_start_day": day_label(was_start),
+        "reason": (booking.cancel_reason or "") if kind == CANCELLED else "",
     }
+
+
+def correction(old_text: str, booking: Booking, kind: str) -> str:
+    """A sent Telegram reminder corrected in place (HTML): its old text struck through,
+    then the booking's state now ("Moved to Wed 10 Dec at 19:00 (Europe/Berlin).")."""
+    zone = parse_zone(booking.timezone)
+    start = booking.starts_at.astimezone(zone)
+    if kind == CANCELLED:
+        state = "Cancelled." + (
+            f" Reason: {booking.cancel_reason}" if booking.cancel_reason else ""
+        )
+    else:
+        state = f"Moved to {day_label(start)} at {start:%H:%M} ({booking.timezone})."
+    budget = EDIT_MAX_LENGTH - visible_length(state, "plain") - 1
+    old = truncate(old_text, max(budget, 1))
+    return f"<s>{html.escape(old, quote=False)}</s>\n{html.escape(state, quote=False)}"
+
+
+#: Telegram's limit for an edited text, as for a sent one
+EDIT_MAX_LENGTH = 4096
 
 
 # --- limits: an operator's template must fail fast, never stall a run or fill memory ----
@@ -409,7 +479,10 @@ class TemplateSet:
     @classmethod
     def builtin(cls) -> TemplateSet:
         """The built-in texts as a set, so they pass the same checks."""
-        return cls({(None, None, None): {"text": BUILTIN_TEXT, "subject": BUILTIN_SUBJECT}})
+        from .kinds import NOTICE_KINDS
+
+        fields = {"text": BUILTIN_TEXT, "subject": BUILTIN_SUBJECT}
+        return cls({(None, kind, None): dict(fields) for kind in (None, *NOTICE_KINDS)})
 
     @classmethod
     def load(cls, path: str) -> TemplateSet:
@@ -435,8 +508,13 @@ class TemplateSet:
         return cls(entries, path)
 
     def lookup(self, locale: str | None, kind: str, channel: str) -> Template:
+        """The template of one message; a change notice never takes a ``[default]`` text
+        (written for reminders, it would tell a cancelled booking "starts tomorrow")."""
         fields: dict[str, str] = {}
-        for key in reversed(_candidates(locale, kind, channel)):
+        candidates = _candidates(locale, kind, channel)
+        if is_notice(kind):
+            candidates = [key for key in candidates if key[1] is not None]
+        for key in reversed(candidates):
             fields.update(self.entries.get(key, {}))
         return Template(**fields) if fields else BUILTIN
 
@@ -501,7 +579,7 @@ def _collect(
     for kind, table in _table(document.get("kinds", {}), f"{prefix}kinds", path).items():
         where = f"{prefix}kinds.{kind}"
         try:
-            name = parse_kind(kind).name
+            name = canonical_kind(kind)
         except InvalidInput as e:
             raise TemplateFileError(f"{path}: [{where}]: {e.message}") from e
         _entry(_table(table, where, path), (locale, name, None), where, path, out)
@@ -542,8 +620,6 @@ CHECK_CHANNELS: dict[str, tuple[TextFormat, frozenset[str]]] = {
 
 def sample_booking(now: datetime, data: dict[str, Any] | None = None) -> Booking:
     """The booking ``templates check`` renders against (markup in the title on purpose)."""
-    from datetime import timedelta
-
     return Booking(
         booking_id="sample-1",
         title="Yoga <for> beginners & friends",
@@ -552,6 +628,7 @@ def sample_booking(now: datetime, data: dict[str, Any] | None = None) -> Booking
         timezone="Europe/Berlin",
         locale=None,
         data=dict(data or {}),
+        cancel_reason="Teacher <ill> & no cover",
     )
 
 
@@ -576,9 +653,10 @@ def check_templates(
 
     Returns (renderings, errors); each error names the file, the entry and the field.
     """
-    from .kinds import DEFAULT_KINDS
+    from .kinds import DEFAULT_KINDS, NOTICE_KINDS
 
     booking = sample_booking(now, data)
+    previous = (booking.starts_at - timedelta(days=1), booking.ends_at - timedelta(days=1))
     errors: list[str] = []
     rendered = 0
     for key in templates.specific_keys():
@@ -589,7 +667,14 @@ def check_templates(
             users = [c for c in scope if field_name == "text" or field_name in _parts(c)]
             for kind_name in [kind] if kind else list(DEFAULT_KINDS):
                 for channel_name in users or scope[:1]:
-                    variables = context(booking, kind_name, "sample-recipient", channel_name, now)
+                    variables = context(
+                        booking,
+                        kind_name,
+                        "sample-recipient",
+                        channel_name,
+                        now,
+                        previous if kind_name in NOTICE_KINDS else None,
+                    )
                     escape = field_name == "html" or (
                         field_name == "text" and CHECK_CHANNELS[channel_name][0] == "html"
                     )

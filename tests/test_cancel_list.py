@@ -89,10 +89,13 @@ def test_cancel_cancels_the_booking_and_its_unsent_reminders(cli: Cli, database_
 
     result = cli.ok("cancel", "b1")
 
-    assert result.stdout.strip() == "cancelled 1 booking(s), 3 reminder(s)"
+    assert result.stdout.strip() == (
+        "cancelled 1 booking(s), 3 reminder(s), 1 change notice(s) queued"  # §10: who got one
+    )
     assert db.booking(database_url, "b1")["status"] == "cancelled"
     rows = {r["kind"]: r for r in db.reminders(database_url, "b1")}
     assert rows["day_before"]["status"] == "sent"  # history is kept
+    assert rows.pop("cancelled")["status"] == "pending"
     for kind in ("hour_before", "at_start", "before_end"):
         assert rows[kind]["status"] == "cancelled"
         assert rows[kind]["last_error"] == "booking cancelled"
@@ -108,7 +111,7 @@ def test_cancel_is_idempotent(cli: Cli, database_url: str) -> None:
 
     result = cli.ok("cancel", "b1", "--json")
 
-    assert json.loads(result.stdout) == {"bookings": 1, "reminders": 0, "missing": []}
+    assert json.loads(result.stdout) == {"bookings": 1, "reminders": 0, "notices": 0, "missing": []}
     assert (db.bookings(database_url), db.reminders(database_url)) == before
 
 
@@ -118,7 +121,7 @@ def test_cancel_json_output_counts_bookings_and_reminders(cli: Cli, database_url
 
     result = cli.ok("cancel", "b1", "b2", "--json")
 
-    assert json.loads(result.stdout) == {"bookings": 2, "reminders": 8, "missing": []}
+    assert json.loads(result.stdout) == {"bookings": 2, "reminders": 8, "notices": 0, "missing": []}
     assert {b["status"] for b in db.bookings(database_url)} == {"cancelled"}
 
 
@@ -140,7 +143,7 @@ def test_cancel_missing_ok_cancels_the_known_and_reports_the_missing(
 
     result = cli.ok("cancel", "b1", "nope", "--missing-ok", "--json")
 
-    assert json.loads(result.stdout) == {"bookings": 1, "reminders": 4, "missing": ["nope"]}
+    assert json.loads(result.stdout) == {"bookings": 1, "reminders": 4, "notices": 0, "missing": ["nope"]}
     assert db.booking(database_url, "b1")["status"] == "cancelled"
     assert db.booking(database_url, "b2")["status"] == "active"
 
@@ -151,7 +154,7 @@ def test_cancel_one_notification_by_id(cli: Cli, database_url: str) -> None:
 
     result = cli.ok("cancel", "--notification", str(target), "--json")
 
-    assert json.loads(result.stdout) == {"bookings": 0, "reminders": 1, "missing": []}
+    assert json.loads(result.stdout) == {"bookings": 0, "reminders": 1, "notices": 0, "missing": []}
     assert db.booking(database_url, "b1")["status"] == "active"
     status = {r["id"]: r["status"] for r in db.reminders(database_url)}
     assert status.pop(target) == "cancelled"

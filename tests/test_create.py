@@ -312,6 +312,8 @@ def test_json_output_reports_action_and_counts(cli: Cli, database_url: str) -> N
         "added": 8,
         "rescheduled": 0,
         "cancelled": 0,
+        "notices": 0,
+        "notices_withdrawn": 0,
         "skipped": [],
         "timezone": "UTC+01:00",  # none given: the times' offset, said so
     }
@@ -414,8 +416,9 @@ def test_sent_reminder_whose_new_time_has_passed_stays_sent(cli: Cli, database_u
         ends=iso(now + timedelta(minutes=70)),
     )
 
-    [row] = db.reminders(database_url)
+    row, notice = db.reminders(database_url)
     assert (row["status"], row["sent_at"], row["attempts"]) == ("sent", sent_at, 1)
+    assert (notice["kind"], notice["status"]) == ("rescheduled", "pending")  # §10: told
 
 
 def test_recipients_added_and_removed(cli: Cli, database_url: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TextIO
+from typing import Any, Literal, Protocol, TextIO, runtime_checkable
 
 from ..config import Settings
 
@@ -35,6 +35,8 @@ class SendResult:
     retry_after: float | None = None
     uncertain: bool = False
     moved_to: str | None = None
+    #: the text as the recipient sees it (channels that can edit it later: Telegram)
+    shown_text: str | None = None
 
     @classmethod
     def sent(cls, provider_id: str | None = None, http_status: int | None = None) -> SendResult:
@@ -95,6 +97,15 @@ class Channel(Protocol):
     def send(self, message: Message) -> SendResult: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Editor(Protocol):
+    """A channel that can correct a message it sent (Telegram's editMessageText)."""
+
+    def edit(self, recipient: str, message_id: str, html_text: str) -> SendResult:
+        """Replace the text of message ``message_id`` sent to ``recipient``; SENT when done."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from ..config import Settings, redact
 from ..errors import ConfigError
 from . import netguard
-from .base import ChannelContext, Message, SendResult, TextFormat
+from .base import ChannelContext, Delivery, Message, SendResult, TextFormat
 
 if TYPE_CHECKING:
     import requests
@@ -162,7 +162,9 @@ class TelegramChannel:
         self.bot = bot
         _install_log_redaction()
         self.pacing_key: str | None = pacing_key_for(token)
-        self._url = f"{settings.telegram_api_url.rstrip('/')}/bot{token}/sendMessage"
+        base = f"{settings.telegram_api_url.rstrip('/')}/bot{token}"
+        self._url = f"{base}/sendMessage"
+        self._edit_url = f"{base}/editMessageText"
         self._connect_timeout = context.connect_timeout
         self._read_timeout = context.read_timeout
         self._deadline = context.send_deadline
@@ -170,8 +172,6 @@ class TelegramChannel:
         self._session: requests.Session = context.http_session or _session_for(self._url)
 
     def send(self, message: Message) -> SendResult:
-        import requests
-
         bot, chat, thread = parse_address(message.recipient)
         if bot != self.bot:  # dispatch opens one channel per bot: never another bot's chat
             return SendResult.retry(f"recipient of bot {bot!r} given to bot {self.bot!r}")
@@ -184,6 +184,31 @@ class TelegramChannel:
             body["message_thread_id"] = int(thread)
         if message.text_format == "html":
             body["parse_mode"] = "HTML"
+        result = self._call(self._url, body, chat)
+        if result.moved_to is not None:  # the same bot, the same topic, the new chat id
+            result = replace(result, moved_to=address_of(bot, result.moved_to, thread))
+        if result.delivery is Delivery.SENT:
+            result = replace(result, shown_text=shown_text(message.text, message.text_format))
+        return result
+
+    def edit(self, recipient: str, message_id: str, html_text: str) -> SendResult:
+        """editMessageText: the message's text replaced (the user gets no new notification)."""
+        bot, chat, _ = parse_address(recipient)
+        if bot != self.bot:
+            return SendResult.failed(f"recipient of bot {bot!r} given to bot {self.bot!r}")
+        body: dict[str, Any] = {
+            "chat_id": chat,
+            "message_id": int(message_id),
+            "text": html_text,
+            "parse_mode": "HTML",
+            "link_preview_options": {"is_disabled": True},
+        }
+        return self._call(self._edit_url, body, chat)
+
+    def _call(self, url: str, body: dict[str, Any], chat: str) -> SendResult:
+        """One Bot API call within the send deadline, its answer as an outcome class."""
+        import requests
+
         with netguard.Deadline(self._deadline) as deadline:
             timeout = (
                 deadline.timeout(self._connect_timeout),
@@ -191,7 +216,7 @@ class TelegramChannel:
             )
             try:
                 response = self._session.post(
-                    self._url, json=body, timeout=timeout, allow_redirects=False, stream=True
+                    url, json=body, timeout=timeout, allow_redirects=False, stream=True
                 )
                 try:
                     content = netguard.read_bounded(response)
@@ -216,14 +241,21 @@ class TelegramChannel:
                 "which is not followed (check TELEGRAM_API_URL)",
                 response.status_code,
             )
-        result = classify_response(response.status_code, _json_or_none(content), chat_id=chat)
-        if result.moved_to is not None:  # the same bot, the same topic, the new chat id
-            result = replace(result, moved_to=address_of(bot, result.moved_to, thread))
-        return result
+        return classify_response(response.status_code, _json_or_none(content), chat_id=chat)
 
     def close(self) -> None:
         if self._own_session:
             self._session.close()
+
+
+_TAG = re.compile(r"<[^>]*>")
+
+
+def shown_text(text: str, text_format: TextFormat) -> str:
+    """What the recipient reads: the HTML parse mode's tags gone, its entities decoded."""
+    import html
+
+    return html.unescape(_TAG.sub("", text)) if text_format == "html" else text
 
 
 def _session_for(url: str) -> requests.Session:

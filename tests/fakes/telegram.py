@@ -12,6 +12,11 @@ Usage::
 Endpoints:
 
 - ``POST /bot<token>/sendMessage`` with a JSON (or form-encoded) body;
+- ``POST /bot<token>/editMessageText`` of a message this fake sent, with the
+  real API's refusals: 400 "message to edit not found" (unknown id in that
+  chat), "message is not modified: …" (the same text), "message can't be
+  edited" (older than ``edit_window`` seconds, or scripted with
+  :meth:`FakeTelegram.script_edit`);
 - ``POST|GET /bot<token>/getMe``;
 - ``GET /stats`` - JSON counters (see :meth:`FakeTelegram.stats`).
 
@@ -50,6 +55,7 @@ from urllib.parse import parse_qsl
 from tests.fakes.server import LoopbackHTTPServer
 
 __all__ = [
+    "Edit",
     "FakeTelegram",
     "Received",
     "Reply",
@@ -145,6 +151,20 @@ def migrated(to_chat_id: int) -> Reply:
     )
 
 
+MESSAGE_NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply markup "
+    "are exactly the same as a current content and reply markup of the message"
+)
+
+
+def cant_be_edited() -> Reply:
+    return error(400, "Bad Request: message can't be edited")
+
+
+def edit_not_found() -> Reply:
+    return error(400, "Bad Request: message to edit not found")
+
+
 _NOT_FOUND = error(404, "Not Found")
 _BOT = {"id": 1, "is_bot": True, "first_name": "Fake", "username": "fake_bot"}
 _UNAUTHORIZED = error(401, "Unauthorized")
@@ -166,6 +186,19 @@ class Received:
     link_preview_options: Any = None
     token: str = ""
     message_thread_id: str | None = None  # a forum topic, as sent
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One ``editMessageText`` request as the fake saw it."""
+
+    chat_id: str
+    message_id: int | None
+    text: str
+    parse_mode: str | None
+    at: float
+    status: int
+    token: str = ""
 
 
 # --------------------------------------------------------------------------- server
@@ -243,6 +276,12 @@ class FakeTelegram:
         # arrival times of recent 200s, per token: every bot has its own rate limit
         self._windows: dict[str, deque[float]] = {}
         self._next_message_id = 1
+        #: the text of every message sent, and when: (token, chat, message id) → (text, at)
+        self._texts: dict[tuple[str, str, int], tuple[str, float]] = {}
+        self._edits: list[Edit] = []
+        self._edit_scripts: dict[str, deque[Reply]] = {}
+        #: how long a sent message can be edited (the real API: about 48 hours)
+        self.edit_window = 48 * 3600.0
         self._requests = 0
         self._by_status: Counter[int] = Counter()
         self._started_at = time.monotonic()
@@ -283,6 +322,11 @@ class FakeTelegram:
         with self._lock:
             self._scripts.setdefault(str(chat_id), deque()).extend(responses)
 
+    def script_edit(self, chat_id: str | int, *responses: Reply) -> None:
+        """Queue answers to ``editMessageText`` in ``chat_id``, one per request."""
+        with self._lock:
+            self._edit_scripts.setdefault(str(chat_id), deque()).extend(responses)
+
     def fail_all(self, response: Reply) -> None:
         """Answer every sendMessage with ``response`` until :meth:`clear`."""
         with self._lock:
@@ -319,6 +363,20 @@ class FakeTelegram:
     def sent(self) -> list[Received]:
         """Only the messages answered with 200."""
         return [m for m in self.messages if m.status == 200]
+
+    @property
+    def edits(self) -> list[Edit]:
+        """Every editMessageText received, in arrival order (a copy)."""
+        with self._lock:
+            return list(self._edits)
+
+    def text_of(self, chat_id: str | int, message_id: int) -> str | None:
+        """The text of a sent message as the chat shows it now (after any edit)."""
+        with self._lock:
+            for (_, chat, mid), (text, _) in self._texts.items():
+                if chat == str(chat_id) and mid == message_id:
+                    return text
+        return None
 
     @property
     def count_429(self) -> int:
@@ -396,6 +454,9 @@ class FakeTelegram:
         if method == "sendMessage" and h.command == "POST":
             self._send_message(h, token, body)
             return
+        if method == "editMessageText" and h.command == "POST":
+            self._edit_message(h, token, body)
+            return
         auth = self._auth(token)
         if auth is None and method == "getMe":
             self._reply(h, Reply(), _dumps({"ok": True, "result": _BOT}))
@@ -426,6 +487,7 @@ class FakeTelegram:
                 if reply.body is None:
                     message_id = self._next_message_id
                     self._next_message_id += 1
+                    self._texts[(token, chat_id, message_id)] = (text, now)
             self._by_status[reply.status] += 1
             self._messages.append(
                 Received(
@@ -450,6 +512,71 @@ class FakeTelegram:
         else:
             body = reply.body or b""
         self._reply(h, reply, body)
+
+    def _edit_message(self, h: _Handler, token: str, raw: bytes) -> None:
+        params = _parse_params(raw, h.headers.get("Content-Type", ""))
+        chat_id = "" if params.get("chat_id") is None else str(params["chat_id"])
+        text = "" if params.get("text") is None else str(params["text"])
+        raw_id = params.get("message_id")
+        message_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
+        now = time.monotonic()
+        with self._changed:
+            self._requests += 1
+            reply = self._decide_edit(token, chat_id, message_id, text, now)
+            if reply.status == 200 and message_id is not None:
+                self._texts[(token, chat_id, message_id)] = (
+                    text,
+                    self._texts[(token, chat_id, message_id)][1],
+                )
+                self._windows.setdefault(token, deque()).append(now)
+            self._by_status[reply.status] += 1
+            parse_mode = params.get("parse_mode")
+            self._edits.append(
+                Edit(
+                    chat_id,
+                    message_id,
+                    text,
+                    None if parse_mode is None else str(parse_mode),
+                    now,
+                    reply.status,
+                    token,
+                )
+            )
+            self._changed.notify_all()
+        if reply.status == 200 and reply.body is None and message_id is not None:
+            result = _message(message_id, params["chat_id"], text) | {"edit_date": int(time.time())}
+            body = _dumps({"ok": True, "result": result})
+        else:
+            body = reply.body or b""
+        self._reply(h, reply, body)
+
+    def _decide_edit(
+        self, token: str, chat_id: str, message_id: int | None, text: str, now: float
+    ) -> Reply:
+        """The answer to one edit, as the real API words it; caller holds the lock."""
+        auth = self._auth(token)
+        if auth is not None:
+            return auth
+        queue = self._edit_scripts.get(chat_id)
+        if queue:
+            reply = queue.popleft()
+            if not queue:
+                del self._edit_scripts[chat_id]
+            return reply
+        if not chat_id:
+            return error(400, "Bad Request: chat_id is empty")
+        sent = self._texts.get((token, chat_id, message_id)) if message_id is not None else None
+        if sent is None:
+            return edit_not_found()
+        if not text.strip():
+            return error(400, "Bad Request: message text is empty")
+        if len(text) > MAX_TEXT_LENGTH:
+            return error(400, "Bad Request: message is too long")
+        if now - sent[1] > self.edit_window:
+            return cant_be_edited()
+        if text == sent[0]:
+            return error(400, MESSAGE_NOT_MODIFIED)
+        return ok()
 
     def _decide(
         self, token: str, params: Mapping[str, Any], chat_id: str, text: str, now: float
