@@ -143,7 +143,12 @@ def test_cancel_missing_ok_cancels_the_known_and_reports_the_missing(
 
     result = cli.ok("cancel", "b1", "nope", "--missing-ok", "--json")
 
-    assert json.loads(result.stdout) == {"bookings": 1, "reminders": 4, "notices": 0, "missing": ["nope"]}
+    assert json.loads(result.stdout) == {
+        "bookings": 1,
+        "reminders": 4,
+        "notices": 0,
+        "missing": ["nope"],
+    }
     assert db.booking(database_url, "b1")["status"] == "cancelled"
     assert db.booking(database_url, "b2")["status"] == "active"
 

@@ -44,6 +44,14 @@ failed/expired with a reason). At the end the clock is walked through every
 due time with a healthy provider until every row is final, and the same
 checks run once more.
 
+Change notices (SPEC §10) are legitimate sends after a move or a cancel; a
+*reminder* after a cancel is still a violation. Checked at every notice: its
+recipient received something of that booking before, a ``cancelled`` notice
+only for a cancelled booking and a ``rescheduled`` one only for an active
+booking that is not back at the times the notice says it "was" (moving back
+withdraws it), and at most one delivery per notice and change of the booking
+unless an earlier one was uncertain.
+
 ``NOTIFYCTL_MODEL_EXAMPLES`` (examples per database; default 150 on SQLite, 60 on
 PostgreSQL) and
 ``NOTIFYCTL_MODEL_STEPS`` (steps per example, default 30) make it run longer.
@@ -85,6 +93,7 @@ from notifyctl.config import Settings
 from notifyctl.db import make_engine
 from notifyctl.dispatch import Dispatcher, DispatchOptions
 from notifyctl.errors import InvalidInput
+from notifyctl.kinds import is_notice
 from notifyctl.message import render_for
 from notifyctl.models import Booking, DeliveryAttempt, Notification
 from notifyctl.service import Store, cancel, create_booking
@@ -251,6 +260,10 @@ class ReminderModel(RuleBasedStateMachine):
         self.run_deliveries: list[tuple[Arming, Delivered]] = []
         self.run_last_send: dict[int, tuple[str, int]] = {}
         self.run_touched: set[str] = set()
+        # change notices: who received something of a booking, and each change's notices
+        self.received: set[tuple[str, str]] = set()  # (booking, person)
+        self.changes: dict[str, int] = defaultdict(int)  # booking → changes so far
+        self.notices: dict[tuple[str, str, str, int], list[Delivered]] = defaultdict(list)
         model_channel.provider = self._provider
 
     # -- helpers ---------------------------------------------------------------------------
@@ -376,6 +389,8 @@ class ReminderModel(RuleBasedStateMachine):
         )
         if result.action == "unchanged":
             self.check(self.snapshot() == before, f"{what} but wrote")
+        if result.action == "rescheduled":
+            self.changes[booking_id] += 1
         self.bookings[booking_id] = BookingModel(args)
         new_keys = self.arm(booking_id, wanted, now)
         # the report matches the rows: the booking has the new times, re-armed rows are due then
@@ -427,6 +442,8 @@ class ReminderModel(RuleBasedStateMachine):
             f"cancel {booking_id}: {result.as_dict()}",
         )
         if model is not None:
+            if not model.cancelled:
+                self.changes[booking_id] += 1
             model.cancelled = True
             for key, arming in self.armings.items():
                 if key[0] == booking_id:
@@ -434,7 +451,52 @@ class ReminderModel(RuleBasedStateMachine):
 
     # -- deliveries --------------------------------------------------------------------------
 
-    def deliver(self, key: Key, notification_id: int, *, uncertain: bool, via: str) -> None:
+    def deliver(
+        self,
+        key: Key,
+        notification_id: int,
+        *,
+        uncertain: bool,
+        via: str,
+        previous: tuple[datetime, datetime] | None = None,
+    ) -> None:
+        if is_notice(key[1]):
+            self.deliver_notice(key, notification_id, uncertain, via, previous)
+        else:
+            self.deliver_reminder(key, notification_id, uncertain=uncertain, via=via)
+        self.received.add((key[0], key[2]))
+
+    def deliver_notice(
+        self,
+        key: Key,
+        notification_id: int,
+        uncertain: bool,
+        via: str,
+        previous: tuple[datetime, datetime] | None,
+    ) -> None:
+        """A change notice: to someone who got something, once per change, and still true."""
+        booking_id, kind, person = key
+        what = f"{via}: notice {notification_id} {key}"
+        model = self.bookings.get(booking_id)
+        if (booking_id, person) not in self.received:
+            self.fail(f"{what} to a recipient that never received anything of the booking")
+        if model is None:
+            self.fail(f"{what} for a booking never created")
+            return
+        if kind == "cancelled":
+            self.check(model.cancelled, f"{what}: cancel notice for an active booking")
+        else:
+            self.check(not model.cancelled, f"{what}: move notice after the booking was cancelled")
+            now_times = (model.args.starts_at, model.args.ends_at)
+            self.check(previous != now_times, f"{what}: 'moved' back to {previous}: told nothing")
+        deliveries = self.notices[(booking_id, kind, person, self.changes[booking_id])]
+        if deliveries and not any(d.uncertain for d in deliveries):
+            self.fail(f"{what} delivered twice for one change: first {deliveries[0]}")
+        deliveries.append(Delivered(self.now(), notification_id, uncertain, via))
+
+    def deliver_reminder(
+        self, key: Key, notification_id: int, *, uncertain: bool, via: str
+    ) -> None:
         now = self.now()
         arming = self.armings.get(key)
         if arming is None or not arming.active:
@@ -463,7 +525,13 @@ class ReminderModel(RuleBasedStateMachine):
                 select(Booking).where(Booking.external_id == message.booking_id)
             ).one()
         rendered, _ = render_for(
-            booking, message.kind, "model", message.recipient, self.now(), None
+            booking,
+            message.kind,
+            "model",
+            message.recipient,
+            self.now(),
+            None,
+            previous=previous_in(message),
         )
         self.check(
             message.text == rendered.text,
@@ -495,7 +563,11 @@ class ReminderModel(RuleBasedStateMachine):
         key = (message.booking_id, message.kind, person)
         if step.outcome in ("ok", "timeout"):
             self.deliver(
-                key, message.notification_id, uncertain=step.outcome == "timeout", via="send"
+                key,
+                message.notification_id,
+                uncertain=step.outcome == "timeout",
+                via="send",
+                previous=previous_in(message),
             )
         result: SendResult
         if step.outcome == "ok":
@@ -600,7 +672,8 @@ class ReminderModel(RuleBasedStateMachine):
         now = self.now()
         groups: dict[tuple[int, str, str], list[Any]] = defaultdict(list)
         for row in self.rows():
-            groups[(row.booking_id, row.channel, row.recipient)].append(row)
+            if not is_notice(row.kind):  # notices neither supersede nor are superseded
+                groups[(row.booking_id, row.channel, row.recipient)].append(row)
         found: set[tuple[int, int]] = set()
         for rows in groups.values():
             for row in rows:
@@ -696,7 +769,14 @@ class ReminderModel(RuleBasedStateMachine):
                     person = self.person_of(row.recipient)
                     if row.recipient == self.addresses[person][-1]:
                         key = (booking_ids[row.booking_id], row.kind, person)
-                        self.deliver(key, row.id, uncertain=True, via="crash")
+                        was = (row.previous_starts_at, row.previous_ends_at)
+                        self.deliver(
+                            key,
+                            row.id,
+                            uncertain=True,
+                            via="crash",
+                            previous=was if is_notice(row.kind) else None,
+                        )
             for arming, _ in self.run_deliveries:
                 if len(arming.deliveries) > 1 and not self.uncertain_attempt_for(
                     {d.notification_id for d in arming.deliveries[:-1]}
@@ -752,6 +832,13 @@ class ReminderModel(RuleBasedStateMachine):
                 )
             else:
                 self.check(row.lease_token is None, f"row {row.id} {row.status} keeps a lease")
+            if is_notice(row.kind):
+                self.check(
+                    row.status not in LIVE
+                    or (row.booking_status == "cancelled") == (row.kind == "cancelled"),
+                    f"notice {row.id} {row.kind} {row.status} for a {row.booking_status} booking",
+                )
+                continue
             if row.status in LIVE:
                 live[key].append(row)
                 self.check(
@@ -815,6 +902,16 @@ class ReminderModel(RuleBasedStateMachine):
             self.clock.set(upcoming)
         self.check_rows(final=True)
         self.raise_violations()
+
+
+def previous_in(message: Message) -> tuple[datetime, datetime] | None:
+    """A notice's "was" times, as its webhook-style payload carries them."""
+    if not is_notice(message.kind):
+        return None
+    return (
+        datetime.fromisoformat(message.payload["previous_starts_at"]),
+        datetime.fromisoformat(message.payload["previous_ends_at"]),
+    )
 
 
 # --- fresh stores per example -----------------------------------------------------------------
