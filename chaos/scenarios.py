@@ -56,8 +56,16 @@ TEMPLATE = (
     "text = 'chaos b={{ booking_id }} k={{ kind }} start={{ start.isoformat() }} "
     "end={{ end.isoformat() }} rendered={{ now.isoformat() }} | "
     'Reminder: "{{ title }}" starts {{ starts_relative }} ({{ timezone }}).\'\n'
+    # change notices (SPEC §10) have their own kinds: a [default] text never applies to them
+    + "".join(
+        f"[kinds.{kind}]\n"
+        "text = 'chaos-notice b={{ booking_id }} k={{ kind }} start={{ start.isoformat() }} "
+        "was={{ previous_start.isoformat() }} rendered={{ now.isoformat() }}'\n"
+        for kind in ("rescheduled", "cancelled")
+    )
 )
 TEXT = re.compile(r"chaos b=(\S+) k=(\S+) start=(\S+) end=(\S+) rendered=(\S+) ")
+NOTICE = re.compile(r"chaos-notice b=(\S+) k=(\S+) start=(\S+) was=(\S+) rendered=(\S+)")
 # kind → (name given to create, seconds before start); every one is useful until the start
 KINDS = {"hour_before": 3600.0, "start-2m": 120.0, "start-30s": 30.0}
 KIND_WEIGHTS = (0.5, 0.25, 0.25)
@@ -141,7 +149,9 @@ class Result:
     duplicates: int = 0
     dup_in_flight: int = 0
     lost: int = 0
-    after_cancel: int = 0
+    after_cancel: int = 0  # reminders sent after their booking's cancel returned
+    notices: int = 0  # change notices delivered (legitimate sends after a move or a cancel)
+    false_notices: int = 0  # a cancel notice for a booking never cancelled, a move to no version
     after_not_after: int = 0
     false_texts: int = 0
     early: int = 0
@@ -156,6 +166,7 @@ class Result:
             (
                 self.lost,
                 self.after_cancel,
+                self.false_notices,
                 self.after_not_after,
                 self.false_texts,
                 self.early,
@@ -560,6 +571,25 @@ class Run:
 
     # --- the verdict ----------------------------------------------------------------------
 
+    def judge_notice(self, d: dict[str, Any]) -> None:
+        """A change notice: for a booking that was moved (to a start it had) or cancelled."""
+        r = self.result
+        m = NOTICE.match(d["text"])
+        assert m is not None
+        r.notices += 1
+        booking = self.truth.get(m.group(1))
+        if booking is None or booking.uncertain:
+            return
+        kind, start = m.group(2), ts(m.group(3))
+        if kind == "cancelled" and booking.cancel is None:
+            r.false_notices += 1
+            r.details.append(f"{booking.booking_id}: cancel notice, never cancelled")
+        elif kind == "rescheduled" and (
+            len(booking.versions) < 2 or not any(v.start == start for v in booking.versions)
+        ):
+            r.false_notices += 1
+            r.details.append(f"{booking.booking_id}: move notice to {iso(start)}: no such move")
+
     def judge(self) -> None:
         r = self.result
         deliveries = read_deliveries(self.fake.record)
@@ -576,11 +606,15 @@ class Run:
             row[0]: row
             for row in self.store.query(
                 "SELECT b.external_id, n.status, n.last_error, n.due_at, n.updated_at "
-                "FROM notifications n JOIN bookings b ON b.id = n.booking_id"
+                "FROM notifications n JOIN bookings b ON b.id = n.booking_id "
+                "WHERE n.kind NOT IN ('rescheduled', 'cancelled')"  # the reminder of each
             )
         }
         by_arming: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
         for d in deliveries:
+            if NOTICE.match(d["text"]):
+                self.judge_notice(d)
+                continue
             m = TEXT.match(d["text"])
             booking = self.truth.get(m.group(1)) if m else None
             if m is None or booking is None:
@@ -683,6 +717,7 @@ class Run:
                 f"row {status} ({last_error or 'no reason'}), never delivered for "
                 f"start {iso(final.start)}"
             )
+        r.notes.append(f"{r.notices} change notice(s) delivered")
         statuses = Counter(row[1] for row in rows.values())
         r.notes.append(
             "final rows: " + ", ".join(f"{st} {n}" for st, n in sorted(statuses.items()))

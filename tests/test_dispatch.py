@@ -779,9 +779,10 @@ def test_reschedule_after_a_send_rearms_the_reminder(
     clock.set(rearmed["due_at"])
     report = run(store, clock, tg)
 
-    assert report.sent == 1
-    assert [m.chat_id for m in tg.sent()] == ["12345", "12345"]
-    assert "in 60 minutes" in tg.sent()[1].text
+    assert report.sent == 2  # the re-armed reminder, and the change notice (SPEC §10)
+    assert [m.chat_id for m in tg.sent()] == ["12345", "12345", "12345"]
+    assert " moved: now " in tg.sent()[1].text
+    assert "in 60 minutes" in tg.sent()[2].text
 
 
 # --- rescue ----------------------------------------------------------------------------
