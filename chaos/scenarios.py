@@ -717,6 +717,7 @@ class Run:
                 f"row {status} ({last_error or 'no reason'}), never delivered for "
                 f"start {iso(final.start)}"
             )
+        r.delivered -= r.notices  # the table counts reminders; notices have their note
         r.notes.append(f"{r.notices} change notice(s) delivered")
         statuses = Counter(row[1] for row in rows.values())
         r.notes.append(
