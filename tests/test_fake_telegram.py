@@ -336,3 +336,49 @@ def test_benchmark_entry_point_runs_the_same_server(session: requests.Session) -
     final = json.loads(out.strip().splitlines()[-1])
     assert final["sent"] == 2
     assert final["count_429"] == 1
+
+
+def edit(
+    session: requests.Session, fake: FakeTelegram, chat_id: str, message_id: object, text: str
+) -> requests.Response:
+    body = {"chat_id": chat_id, "message_id": message_id, "text": text, "parse_mode": "HTML"}
+    return session.post(f"{fake.api_url}/bot{TOKEN}/editMessageText", json=body, timeout=5)
+
+
+def test_edit_message_text_answers_like_the_real_api(
+    tg: FakeTelegram, session: requests.Session
+) -> None:
+    sent = send(session, tg, 42, "old").json()["result"]
+
+    done = edit(session, tg, "42", sent["message_id"], "<s>old</s>\nnew")
+    same = edit(session, tg, "42", sent["message_id"], "<s>old</s>\nnew")
+    unknown = edit(session, tg, "42", 999, "x")
+    other_chat = edit(session, tg, "43", sent["message_id"], "x")
+
+    assert done.status_code == 200
+    assert done.json()["result"]["message_id"] == sent["message_id"]
+    assert "edit_date" in done.json()["result"]
+    assert tg.text_of(42, sent["message_id"]) == "<s>old</s>\nnew"
+    assert same.json() == {
+        "ok": False,
+        "error_code": 400,
+        "description": "Bad Request: message is not modified: specified new message content "
+        "and reply markup are exactly the same as a current content and reply markup of "
+        "the message",
+    }
+    for refused in (unknown, other_chat):
+        assert refused.json()["description"] == "Bad Request: message to edit not found"
+    assert [e.status for e in tg.edits] == [200, 400, 400, 400]
+
+
+def test_a_message_past_the_edit_window_can_not_be_edited(
+    tg: FakeTelegram, session: requests.Session
+) -> None:
+    sent = send(session, tg, 42, "old").json()["result"]
+    tg.edit_window = 0.0
+
+    answer = edit(session, tg, "42", sent["message_id"], "new")
+
+    assert answer.status_code == 400
+    assert answer.json()["description"] == "Bad Request: message can't be edited"
+    assert tg.text_of(42, sent["message_id"]) == "old"

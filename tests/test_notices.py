@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from notifyctl.db import make_engine
-from notifyctl.models import DeliveryAttempt, Reason
+from notifyctl.models import Booking, DeliveryAttempt, Notification, Reason
 from notifyctl.notices import Change, Decision, Step, Told, notice_for
+from notifyctl.service import Store, cancel, create_booking
 from tests import dbstate as db
 from tests.fakes.http_receiver import HttpReceiver
 from tests.fakes.telegram import (
@@ -33,7 +34,7 @@ from tests.fakes.telegram import (
     edit_not_found,
     error,
 )
-from tests.support import Cli, CliResult, clean_env
+from tests.support import Cli, CliResult, FrozenClock, clean_env
 from tests.test_channels_e2e import running_smtp
 
 TOKEN = "555111222:AAF-notices_Test_SECRET_q4"
@@ -460,3 +461,28 @@ def test_overlapping_dispatchers_send_each_notice_once(
     texts = sorted(m.chat_id for m in tg.sent())
     assert texts == [str(7000 + n) for n in range(6)]
     assert len([e for e in tg.edits if e.status == 200]) == 6
+
+
+def test_python_api_takes_the_same_switches(store: Store, clock: FrozenClock) -> None:
+    def book(start: datetime, **switches: Any) -> Any:
+        return create_booking(
+            store, "api-1", starts_at=start, ends_at=start + H, to=["console:ann"], **switches
+        )
+
+    def delivered() -> None:  # as a dispatch that delivered the reminder would leave it
+        with store.transaction() as conn:
+            conn.execute(update(Notification).values(status="sent", sent_at=clock()))
+
+    book(clock() + timedelta(minutes=30), remind=["hour_before"])
+    delivered()
+    quiet = book(clock() + 26 * H, remind=["hour_before"], notices=False)
+    delivered()
+    told = book(clock() + 50 * H, remind=["hour_before"])
+    cancelled = cancel(store, ["api-1"], reason="Teacher ill")
+
+    assert (quiet.notices, told.notices, cancelled.notices) == (0, 1, 1)
+    with store.reader() as conn:
+        booking = conn.execute(select(Booking)).one()
+        kinds = dict(conn.execute(select(Notification.kind, Notification.status)).all())
+    assert booking.cancel_reason == "Teacher ill"
+    assert kinds == {"hour_before": "cancelled", "rescheduled": "cancelled", "cancelled": "pending"}
