@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Row
 
-from .channels.base import Channel, Message
+from .channels.base import Channel, Message, TextFormat
 from .config import Settings
 
 if TYPE_CHECKING:
-    from .texts import Rendered, TemplateSet, TextFormat
+    from .texts import Rendered, TemplateSet
 
 
 class Addressed(Protocol):

@@ -36,10 +36,9 @@ class Preview:
 
 def _channel_parts(channel: str) -> tuple[frozenset[str], Callable[[Any], str] | None]:
     """The optional parts a channel sends (``subject``, ``html``) and its subject rule."""
-    from .channels import channel_module
-    from .texts import CHECK_CHANNELS
+    from .channels import CHANNELS, capabilities, channel_module
 
-    parts = CHECK_CHANNELS.get(channel, ("plain", frozenset()))[1]
+    parts = capabilities(channel).parts if channel in CHANNELS else frozenset()
     if "subject" not in parts:
         return parts, None
     return parts, getattr(channel_module(channel), "subject_for", None)
