@@ -10,14 +10,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row
-
 from . import queries
 from .channels import shown_recipient
 from .config import Settings, redact
 from .db import Store
 from .errors import NotFound
 from .message import load_templates, render_for
+from .queries import BookingRow, DueReminder
 
 
 @dataclass(frozen=True)
@@ -74,9 +73,9 @@ def preview_booking(
 
 
 def _previews(
-    rows: list[Row[Any]],
-    bookings: dict[int, Row[Any]],
-    when: Callable[[Row[Any]], datetime],
+    rows: list[DueReminder],
+    bookings: dict[int, BookingRow],
+    when: Callable[[DueReminder], datetime],
     templates: Any,
     *,
     parts: bool = False,

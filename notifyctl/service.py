@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 
 from . import queries
 from .channels import parse_recipient, shown_recipient
@@ -25,6 +25,7 @@ from .db import open_store as open_store
 from .errors import InvalidInput, NotFound, shown
 from .kinds import Kind, parse_kinds
 from .models import BookingStatus, Reason, Status
+from .queries import BookingRow, ListedReminder, ReminderRow
 from .times import implied_zone, parse_time, parse_zone, zone_name
 
 if TYPE_CHECKING:
@@ -337,7 +338,7 @@ def _new_reminder(key: Key, times: Times, now: datetime) -> dict[str, Any]:
     }
 
 
-def _rearm(row: Row[Any], times: Times, now: datetime) -> dict[str, Any]:
+def _rearm(row: ReminderRow, times: Times, now: datetime) -> dict[str, Any]:
     scheduled, not_after = times
     return {
         "n_id": row.id,
@@ -418,7 +419,11 @@ def _plan_new(inp: BookingInput, now: datetime, plan: _Plan) -> BookingResult:
 
 
 def _plan_existing(
-    inp: BookingInput, booking: Row[Any], reminders: list[Row[Any]], now: datetime, plan: _Plan
+    inp: BookingInput,
+    booking: BookingRow,
+    reminders: list[ReminderRow],
+    now: datetime,
+    plan: _Plan,
 ) -> BookingResult:
     reactivating = booking.status == BookingStatus.CANCELLED
     if reactivating and not inp.reactivate:
@@ -600,20 +605,7 @@ def cancel(
 
 # --- list -------------------------------------------------------------------------------
 
-LIST_FIELDS = (
-    "id",
-    "booking_id",
-    "kind",
-    "channel",
-    "recipient",
-    "status",
-    "scheduled_at",
-    "not_after",
-    "due_at",
-    "attempts",
-    "last_error",
-    "sent_at",
-)
+LIST_FIELDS = queries.ListedReminder._fields
 
 
 @contextmanager
@@ -626,8 +618,8 @@ def list_notifications(
         yield (_listed(row) for row in rows)
 
 
-def _listed(row: Row[Any]) -> dict[str, Any]:
-    fields = {f: row._mapping[f] for f in LIST_FIELDS}
+def _listed(row: ListedReminder) -> dict[str, Any]:
+    fields = row._asdict()
     fields["recipient"] = shown_recipient(fields["recipient"])
     return fields
 
