@@ -10,14 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Row
-
-from .channels.base import Channel, Message
+from .channels.base import Channel, Message, TextFormat
 from .config import Settings
 from .kinds import CANCELLED, is_notice
 
 if TYPE_CHECKING:
-    from .texts import Rendered, TemplateSet, TextFormat
+    from .queries import BookingRow
+    from .texts import Booking, Rendered, TemplateSet
 
 
 class Addressed(Protocol):
@@ -44,7 +43,7 @@ def previous_of(claim: Addressed) -> tuple[datetime, datetime] | None:
     return claim.previous_starts_at, claim.previous_ends_at
 
 
-def booking_view(row: Row[Any]) -> Any:
+def booking_view(row: BookingRow) -> Booking:
     from .texts import Booking
 
     return Booking(
@@ -55,7 +54,7 @@ def booking_view(row: Row[Any]) -> Any:
         timezone=row.timezone,
         locale=row.locale,
         data=dict(row.data or {}),
-        cancel_reason=getattr(row, "cancel_reason", None),
+        cancel_reason=row.cancel_reason,
     )
 
 
@@ -69,7 +68,7 @@ def load_templates(settings: Settings) -> TemplateSet | None:
 
 
 def render_for(
-    booking: Row[Any],
+    booking: BookingRow,
     kind: str,
     channel: str,
     recipient: str,
@@ -95,7 +94,7 @@ def render_for(
 
 def build_message(
     claim: Addressed,
-    booking: Row[Any],
+    booking: BookingRow,
     channel: Channel,
     now: datetime,
     templates: TemplateSet | None = None,

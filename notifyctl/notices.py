@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 
 from . import queries
 from .kinds import CANCELLED, NOTICE_KINDS, RESCHEDULED, is_notice
 from .models import Reason, Status
+from .queries import ReminderRow
 
 Span = tuple[datetime, datetime]  # (starts_at, ends_at)
 Recipient = tuple[str, str]  # (channel, recipient)
@@ -133,7 +134,7 @@ class NoticePlan:
         queries.update_notices(conn, self.updates)
 
 
-def _told(rows: Sequence[Row[Any]]) -> dict[Recipient, Told]:
+def _told(rows: Sequence[ReminderRow]) -> dict[Recipient, Told]:
     """Per recipient: what it received and which notices are pending (rows before the change)."""
     received: set[Recipient] = set()
     moves: dict[Recipient, Span] = {}
@@ -146,6 +147,8 @@ def _told(rows: Sequence[Row[Any]]) -> dict[Recipient, Told]:
         if row.status == Status.SENT or (is_notice(row.kind) and row.status == Status.SENDING):
             received.add(who)
         elif row.status == Status.PENDING and row.kind == RESCHEDULED:
+            assert row.previous_starts_at is not None
+            assert row.previous_ends_at is not None
             moves[who] = (row.previous_starts_at, row.previous_ends_at)
         elif row.status == Status.PENDING and row.kind == CANCELLED:
             cancels.add(who)
@@ -155,7 +158,7 @@ def _told(rows: Sequence[Row[Any]]) -> dict[Recipient, Told]:
     }
 
 
-def _corrects(rows: Sequence[Row[Any]], who: Recipient, now: datetime) -> list[dict[str, Any]]:
+def _corrects(rows: Sequence[ReminderRow], who: Recipient, now: datetime) -> list[dict[str, Any]]:
     """The messages of this recipient a notice corrects in place: sent reminders that can
     still be edited, and those its earlier notices corrected (one entry per message)."""
     if who[0] not in EDITING_CHANNELS:
@@ -168,6 +171,7 @@ def _corrects(rows: Sequence[Row[Any]], who: Recipient, now: datetime) -> list[d
             for entry in row.corrects or []:
                 found.setdefault(str(entry["message_id"]), entry)
         elif row.status == Status.SENT and row.provider_message_id and row.sent_text:
+            assert row.sent_at is not None
             found[row.provider_message_id] = {
                 "id": row.id,
                 "message_id": row.provider_message_id,
@@ -184,7 +188,7 @@ class Counted(NamedTuple):
 
 
 def plan_notices(
-    booking_id: int, change: Change, rows: Sequence[Row[Any]], now: datetime, plan: NoticePlan
+    booking_id: int, change: Change, rows: Sequence[ReminderRow], now: datetime, plan: NoticePlan
 ) -> Counted:
     """Add the notices of one booking's change to ``plan``; what it queues and withdraws.
 
