@@ -482,7 +482,7 @@ class Dispatcher:
                 return claim.channel, rows
             corrects, booking = found
             view = booking_view(booking)
-            key = getattr(channel, "pacing_key", None)
+            key = channel.pacing_key
             chat = chat_key(claim.channel, claim.recipient)
             for entry in corrects:
                 if datetime.fromisoformat(entry["sent_at"]) <= self.clock() - EDITABLE_FOR:
@@ -492,7 +492,7 @@ class Dispatcher:
                     break
                 self._pacer.sleep_until(turn.at)
                 started = self.clock()
-                text = correction(str(entry["text"]), view, claim.kind)
+                text = correction(str(entry["text"]), view, claim.kind, claim.previous_starts_at)
                 result = channel.edit(claim.recipient, str(entry["message_id"]), text)
                 if result.delivery is Delivery.RETRY_AFTER:
                     self._pacer.pause(key, result.retry_after or 1.0)

@@ -194,7 +194,9 @@ def context(
     }
 
 
-def correction(old_text: str, booking: Booking, kind: str) -> str:
+def correction(
+    old_text: str, booking: Booking, kind: str, previous_start: datetime | None = None
+) -> str:
     """A sent Telegram reminder corrected in place (HTML): its old text struck through,
     then the booking's state now ("Moved to Wed 10 Dec at 19:00 (Europe/Berlin).")."""
     zone = parse_zone(booking.timezone)
@@ -203,6 +205,8 @@ def correction(old_text: str, booking: Booking, kind: str) -> str:
         state = "Cancelled." + (
             f" Reason: {booking.cancel_reason}" if booking.cancel_reason else ""
         )
+    elif previous_start == booking.starts_at:  # only the end moved
+        state = f"Now ends at {booking.ends_at.astimezone(zone):%H:%M} ({booking.timezone})."
     else:
         state = f"Moved to {day_label(start)} at {start:%H:%M} ({booking.timezone})."
     budget = EDIT_MAX_LENGTH - visible_length(state, "plain") - 1

@@ -486,3 +486,56 @@ def test_python_api_takes_the_same_switches(store: Store, clock: FrozenClock) ->
         kinds = dict(conn.execute(select(Notification.kind, Notification.status)).all())
     assert booking.cancel_reason == "Teacher ill"
     assert kinds == {"hour_before": "cancelled", "rescheduled": "cancelled", "cancelled": "pending"}
+
+
+def test_the_readme_walkthrough_with_the_console_channel(database_url: str, tmp_path: Path) -> None:
+    """ "When bookings change" in README.md, command by command, as a new user runs it."""
+    env = clean_env(database_url)
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "notifyctl", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (done.returncode, done.stderr) == (0, ""), args
+        return done.stdout
+
+    booking = ("--title", "Yoga", "--to", "console:ann", "--timezone", "Europe/Berlin")
+    run("create", "yoga-1", "--starts-at", "+30m", "--ends-at", "+90m", *booking)
+    first = run("dispatch")
+    moved = run("create", "yoga-1", "--starts-at", "+2d", "--ends-at", "+2d1h", *booking)
+    told = run("dispatch")
+    cancelled = run("cancel", "yoga-1", "--reason", "Teacher ill")
+    told_again = run("dispatch")
+
+    assert '[console:ann] Reminder: "Yoga" starts in 30 minutes' in first
+    assert moved.startswith("rescheduled yoga-1: ")
+    assert moved.rstrip().endswith(", 1 change notice(s) queued")
+    assert told.startswith('[console:ann] "Yoga" moved: now ')
+    assert "(Europe/Berlin), was " in told
+    assert cancelled.rstrip().endswith(", 1 change notice(s) queued")
+    assert told_again.startswith('[console:ann] "Yoga" on ')
+    assert "is cancelled. Reason: Teacher ill\n" in told_again
+    listed = json.loads(run("list", "--status", "all", "--kind", "rescheduled", "--format", "json"))
+    assert [(r["kind"], r["status"]) for r in listed] == [("rescheduled", "sent")]
+
+
+def test_a_move_of_the_end_only_says_so(tcli: Cli, tg: FakeTelegram, database_url: str) -> None:
+    reminder_went_out(tcli, tg)
+    start = db.booking(database_url, "yoga-1")["starts_at"].isoformat()
+
+    tcli.ok(
+        "create", "yoga-1", "--title", TITLE, "--starts-at", start, "--ends-at", at(150),
+        "--to", CHAT, "--remind", "hour_before", "--timezone", "Europe/Berlin",
+    )  # fmt: skip
+    tcli.ok("dispatch")
+
+    notice = tg.sent()[1]
+    assert " now ends at " in notice.text
+    assert ", was " in notice.text
+    [edit] = tg.edits
+    assert "</s>\nNow ends at " in edit.text

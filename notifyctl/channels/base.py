@@ -103,6 +103,8 @@ class Channel(Protocol):
 class Editor(Protocol):
     """A channel that can correct a message it sent (Telegram's editMessageText)."""
 
+    pacing_key: str | None  # edits count in the same rate limits as sends
+
     def edit(self, recipient: str, message_id: str, html_text: str) -> SendResult:
         """Replace the text of message ``message_id`` sent to ``recipient``; SENT when done."""
         ...
