@@ -192,6 +192,7 @@ def test_reschedule_after_a_reminder_sends_one_notice_and_edits_the_reminder(
     assert ", was " in notice.text
     [edit] = tg.edits
     assert (edit.chat_id, edit.message_id, edit.status) == (CHAT, first.message_id, 200)
+    assert edit.at - notice.at >= 0.9  # paced like a send: 1 message/s per chat
     assert edit.text.startswith('<s>Reminder: "Yoga &lt;b&gt;&amp; friends&lt;/b&gt;" starts ')
     assert "</s>\nMoved to " in edit.text
     assert "(Europe/Berlin)." in edit.text
@@ -539,3 +540,28 @@ def test_a_move_of_the_end_only_says_so(tcli: Cli, tg: FakeTelegram, database_ur
     assert ", was " in notice.text
     [edit] = tg.edits
     assert "</s>\nNow ends at " in edit.text
+
+
+def test_a_reminder_due_with_a_retried_notice_supersedes_nothing(
+    store: Store, clock: FrozenClock
+) -> None:
+    """Superseding keeps only the latest *reminder*: a notice neither swallows nor is swallowed."""
+    from tests import test_dispatch as engine
+
+    with FakeTelegram(token=engine.TOKEN) as fake:
+        kinds = ("hour_before", "at_start")
+        engine.remind(store, "b1", "12345", kinds=kinds)
+        engine.run(store, clock, fake)
+        engine.remind(store, "b1", "12345", starts_in=timedelta(minutes=10), kinds=kinds)
+        fake.script("12345", error(500, "Internal Server Error"))
+        engine.run(store, clock, fake)  # the notice: 500, retried after a backoff
+        assert engine.reminder(store, "rescheduled")["status"] == "pending"
+
+        clock.advance(minutes=10)  # at_start (scheduled after the notice) and the retry: due
+        report = engine.run(store, clock, fake)
+
+        texts = [m.text for m in fake.sent()]
+    assert (report.sent, report.expired) == (2, 0)
+    assert sum(" moved: now " in t for t in texts) == 1
+    assert engine.reminder(store, "rescheduled")["status"] == "sent"
+    assert engine.reminder(store, "at_start")["status"] == "sent"
