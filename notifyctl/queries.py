@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import aliased
 
+from .kinds import CANCELLED as CANCELLED_NOTICE
 from .kinds import NOTICE_KINDS
 from .models import (
     FINAL_STATUSES,
@@ -365,7 +366,11 @@ def finish_unsent(
 
 
 def cancel_booking_rows(conn: Connection, booking_ids: Sequence[int], now: datetime) -> int:
-    """Bookings → cancelled; their pending and sending reminders too. Returns reminders."""
+    """Bookings → cancelled; their pending and sending reminders too. Returns reminders.
+
+    A cancel notice (kind ``cancelled``) is what a cancel sends: it stays, so a
+    repeated cancel never withdraws the notice of the first.
+    """
     count = 0
     for part in chunks(booking_ids):
         conn.execute(
@@ -375,7 +380,11 @@ def cancel_booking_rows(conn: Connection, booking_ids: Sequence[int], now: datet
         )
         result = conn.execute(
             update(N)
-            .where(N.booking_id.in_(part), N.status.in_([Status.PENDING, Status.SENDING]))
+            .where(
+                N.booking_id.in_(part),
+                N.status.in_([Status.PENDING, Status.SENDING]),
+                N.kind != CANCELLED_NOTICE,
+            )
             .values(
                 status=Status.CANCELLED,
                 reason=Reason.BOOKING_CANCELLED,

@@ -565,3 +565,21 @@ def test_a_reminder_due_with_a_retried_notice_supersedes_nothing(
     assert sum(" moved: now " in t for t in texts) == 1
     assert engine.reminder(store, "rescheduled")["status"] == "sent"
     assert engine.reminder(store, "at_start")["status"] == "sent"
+
+
+def test_booked_again_before_the_cancel_notice_went_out_withdraws_it(
+    tcli: Cli, tg: FakeTelegram, database_url: str
+) -> None:
+    reminder_went_out(tcli, tg)
+    tcli.ok("cancel", "yoga-1", "--reason", "Flooded")
+    again = json.loads(tcli.ok("cancel", "yoga-1", "--json").stdout)  # idempotent: no second
+
+    rebooked = json.loads(book(tcli, 30, "--reactivate").stdout)
+    tcli.ok("dispatch")
+
+    assert again["notices"] == 0
+    assert (rebooked["action"], rebooked["notices_withdrawn"]) == ("reactivated", 1)
+    [notice_row] = rows(database_url, "cancelled")
+    assert (notice_row["status"], notice_row["reason"]) == ("cancelled", "rebooked")
+    assert db.booking(database_url, "yoga-1")["cancel_reason"] is None
+    assert not any(" is cancelled." in m.text for m in tg.messages)
