@@ -583,3 +583,13 @@ def test_booked_again_before_the_cancel_notice_went_out_withdraws_it(
     assert (notice_row["status"], notice_row["reason"]) == ("cancelled", "rebooked")
     assert db.booking(database_url, "yoga-1")["cancel_reason"] is None
     assert not any(" is cancelled." in m.text for m in tg.messages)
+
+
+def test_a_default_template_written_for_reminders_never_applies_to_a_notice() -> None:
+    from notifyctl.texts import BUILTIN, TemplateSet
+
+    operator = TemplateSet({(None, None, None): {"text": "Reminder: {{ title }} tomorrow"}})
+
+    assert operator.lookup(None, "rescheduled", "telegram") is BUILTIN
+    assert operator.lookup("de", "cancelled", "console") is BUILTIN
+    assert operator.lookup(None, "day_before", "telegram").text == "Reminder: {{ title }} tomorrow"
