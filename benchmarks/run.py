@@ -450,8 +450,8 @@ def fig_idle(ctx: Context, stores: Stores) -> list[Result]:
         )
 
     return [
-        idle(f"idle dispatch, {small_n} finished rows", "small", "floor", 1.3, "floor"),
-        idle(f"idle dispatch, {big_n} finished rows", "big", "floor", 1.3, "floor"),
+        idle(f"idle dispatch, {small_n} finished rows", "small", "floor", 1.15, "floor"),
+        idle(f"idle dispatch, {big_n} finished rows", "big", "floor", 1.15, "floor"),
         idle(
             f"idle dispatch, {big_n} vs {small_n} rows",
             "big",
