@@ -136,10 +136,7 @@ def child(argv: list[str], out: str, prof_path: str | None) -> int:
     wall, cpu = time.perf_counter(), time.process_time()
     main_prof = cProfile.Profile() if prof_path else None
     try:
-        if main_prof:
-            code = main_prof.runcall(main)
-        else:
-            code = main()
+        code = main_prof.runcall(main) if main_prof else main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -204,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dialect", action="append", choices=["sqlite", "postgresql"])
     parser.add_argument("--reminders", type=int, default=3000)
-    parser.add_argument("--pg-url", default=os.environ.get("NOTIFYCTL_BENCH_PG_URL", DEFAULT_PG_ADMIN_URL))
+    parser.add_argument(
+        "--pg-url", default=os.environ.get("NOTIFYCTL_BENCH_PG_URL", DEFAULT_PG_ADMIN_URL)
+    )
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")))
     parser.add_argument("--cprofile", help="also write a merged pstats file (per dialect suffix)")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ _API = {
     "create_booking": "service",
     "create_bookings": "service",
     "booking_input": "service",
+    "BookingFields": "service",
     "cancel": "service",
     "list_notifications": "service",
     "summary": "service",
@@ -30,6 +31,7 @@ _API = {
 }
 
 __all__ = [
+    "BookingFields",
     "DispatchOptions",
     "Dispatcher",
     "ListFilter",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from .errors import NotifyctlError
     from .queries import ListFilter
     from .service import (
+        BookingFields,
         Store,
         booking_input,
         cancel,

@@ -23,10 +23,10 @@ from typing import Any, TextIO
 
 from .config import clip, redact
 from .errors import InvalidInput, shown
-from .service import BookingInput, booking_input
+from .service import BookingFields, BookingInput
 from .times import collecting_notes
 
-KEYS = ("booking_id", "starts_at", "ends_at", "to", "title", "timezone", "remind", "locale", "data")
+KEYS = BookingFields.names(per_line=True)
 MAX_ERRORS_SHOWN = 50
 #: one line (one booking) at most 64 Ki characters; a whole file at most 256 Mi
 MAX_LINE_CHARS = 65_536
@@ -134,45 +134,19 @@ def _csv_records(
         yield reader.line_num, record
 
 
-def _to_input(
-    record: Mapping[str, Any], defaults: Mapping[str, Any], now: datetime
-) -> BookingInput:
-    unknown = set(record) - set(KEYS)
-    if unknown:
-        names = ", ".join(clip(n, 40) for n in sorted(unknown)[:10])
-        raise InvalidInput(f"unknown key(s): {names}")
-    merged = {**{k: v for k, v in defaults.items() if v not in (None, [], ())}, **record}
-    if "booking_id" not in merged:
-        raise InvalidInput("booking_id is missing")
-    for key in ("starts_at", "ends_at"):
-        if key not in merged:
-            raise InvalidInput(f"{key} is missing")
-    data = merged.get("data")
-    if data is not None and not isinstance(data, dict):
-        raise InvalidInput("data must be an object")
-    for key in ("booking_id", "starts_at", "ends_at", "title", "timezone", "locale"):
-        if key in merged and not isinstance(merged[key], str):
-            raise InvalidInput(f"{key} must be a string")
-    return booking_input(
-        merged["booking_id"],
-        starts_at=merged["starts_at"],
-        ends_at=merged["ends_at"],
-        to=_as_list(merged.get("to")),
-        title=merged.get("title"),
-        timezone=merged.get("timezone") or None,
-        remind=_as_list(merged.get("remind")),
-        locale=merged.get("locale"),
-        data=data,
-        reactivate=bool(defaults.get("reactivate")),
-        now=now,
-    )
+def _to_input(record: Mapping[str, Any], defaults: BookingFields, now: datetime) -> BookingInput:
+    given = BookingFields.from_record(record, _as_list).over(defaults)
+    for name in given.missing():
+        if name != "to":  # no recipient: validation says how to give one
+            raise InvalidInput(f"{name} is missing")
+    return given.validated(now)
 
 
 def read_bookings(
     stream: TextIO,
     *,
     name: str,
-    defaults: Mapping[str, Any],
+    defaults: BookingFields,
     now: datetime,
     progress: Callable[[int], None] | None = None,
     notes: list[str] | None = None,

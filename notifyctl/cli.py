@@ -15,8 +15,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 from typer.core import TyperGroup
@@ -31,15 +32,20 @@ from .config import (
     Settings,
     default_database_url,
     load_dotenv_file,
-    parse_send_deadline,
     redact,
     redact_url,
-    telegram_bots_from,
     url_passwords,
 )
 from .errors import ConfigError, ExitCode, InvalidInput, NotifyctlError
 from .render import Output, inert, render_csv, render_json, render_json_rows, render_table
 from .times import utcnow, zone_name
+
+if TYPE_CHECKING:  # loaded where a command needs them, so an idle dispatch stays cheap
+    from .db import Store
+    from .pings import Healthcheck
+    from .runs import DispatchOptions, RunReport
+    from .service import BookingFields, BookingInput, BookingResult
+    from .stats import RunInfo, Stats
 
 __all__ = ["app", "main"]
 
@@ -295,13 +301,19 @@ CreateTimezoneOpt = Annotated[
 ]
 
 
-def _settings(database_url: str | None, **fields: Any) -> Settings:
-    settings = Settings(database_url=database_url or default_database_url(), **fields)
+def _settings(database_url: str | None, *, channels: bool = False, **given: Any) -> Settings:
+    """Settings from options (``given``); ``channels``: also the channels' environment."""
+    url = database_url or default_database_url()
+    settings = (
+        Settings.from_environ(os.environ, database_url=url, **given)
+        if channels
+        else Settings(database_url=url, **given)
+    )
     redact.add(settings.secrets())
     return settings
 
 
-def _open(database_url: str | None, read_only: bool = False) -> Any:
+def _open(database_url: str | None, read_only: bool = False) -> Store:
     from .db import open_store
 
     url = _settings(database_url).database_url
@@ -309,7 +321,7 @@ def _open(database_url: str | None, read_only: bool = False) -> Any:
 
 
 @contextmanager
-def _store(database_url: str | None, *, read_only: bool = False) -> Iterator[Any]:
+def _store(database_url: str | None, *, read_only: bool = False) -> Iterator[Store]:
     """The store; ``read_only`` for commands that only read (works on a store they cannot write)."""
     store = _open(database_url, read_only)
     try:
@@ -377,58 +389,39 @@ def create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create or update a booking's reminders (upsert by BOOKING_ID)."""
-    from .bookfile import parse_data_pairs, read_bookings
-    from .service import booking_input, create_bookings
+    from .bookfile import parse_data_pairs
+    from .service import BookingFields, create_bookings
     from .times import collecting_notes
 
     output = _output()
-    pairs = parse_data_pairs(data or [])
-    to = split_recipients(to) if to else to
+    given = BookingFields(
+        booking_id=booking_id,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        to=split_recipients(to) if to else None,
+        title=title,
+        timezone=timezone,
+        remind=remind or None,
+        locale=locale,
+        data=parse_data_pairs(data or []) or None,
+        reactivate=reactivate,
+    )
     notes: list[str] = []
     with _store(database_url) as store, collecting_notes() as time_notes:
-        now = store.clock()
         if from_file is not None:
             if booking_id is not None:
                 raise InvalidInput("give either BOOKING_ID or --from-file, not both")
-            defaults = {
-                "starts_at": starts_at,
-                "ends_at": ends_at,
-                "to": to,
-                "title": title,
-                "timezone": timezone,
-                "remind": remind,
-                "locale": locale,
-                "data": pairs or None,
-                "reactivate": reactivate,
-            }
             with _open_input(from_file) as (stream, name):
                 inputs, lines = _read_with_progress(
-                    read_bookings, stream, name, defaults, now, output, notes
+                    stream, name, given, store.clock(), output, notes
                 )
             results = create_bookings(store, inputs, lines=lines, refuse_ended=True)
         else:
             if booking_id is None:
                 raise InvalidInput("missing BOOKING_ID (or --from-file)")
-            if not (starts_at and ends_at and to):
-                missing = [
-                    n
-                    for n, v in (("--starts-at", starts_at), ("--ends-at", ends_at), ("--to", to))
-                    if not v
-                ]
-                raise InvalidInput(f"missing {', '.join(missing)}")
-            inp = booking_input(
-                booking_id,
-                starts_at=starts_at,
-                ends_at=ends_at,
-                to=to,
-                title=title,
-                timezone=timezone,
-                remind=remind,
-                locale=locale,
-                data=pairs or None,
-                reactivate=reactivate,
-                now=now,
-            )
+            if given.missing():
+                raise InvalidInput(f"missing {', '.join(_option(n) for n in given.missing())}")
+            inp = given.validated(store.clock())
             notes += time_notes
             results = create_bookings(store, [inp], refuse_ended=True)
     for note in dict.fromkeys(notes):  # how a time was read (ambiguous at a DST change)
@@ -460,7 +453,7 @@ def create(
             output.line(inert(f"  skipped {s.kind} for {s.channel}:{s.recipient}: {s.reason}"))
 
 
-def _counts_text(result: Any) -> str:
+def _counts_text(result: BookingResult) -> str:
     """What changed, only the counts that are not zero: a booking whose recipients
     changed reads "4 added, 3 cancelled", never "0 rescheduled" beside "updated"."""
     counts = [
@@ -514,24 +507,29 @@ def _open_input(path: str) -> Iterator[tuple[TextIO, str]]:
             raise InvalidInput(f"{path} is not UTF-8 text") from e
 
 
+def _option(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
 def _read_with_progress(
-    read: Any,
     stream: TextIO,
     name: str,
-    defaults: dict[str, Any],
-    now: Any,
+    defaults: BookingFields,
+    now: datetime,
     output: Output,
     notes: list[str],
-) -> Any:
+) -> tuple[list[BookingInput], list[int]]:
+    from .bookfile import read_bookings
+
     if not sys.stderr.isatty():
-        return read(stream, name=name, defaults=defaults, now=now, notes=notes)
+        return read_bookings(stream, name=name, defaults=defaults, now=now, notes=notes)
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), transient=True, console=None
     ) as progress:
         task = progress.add_task(f"reading {name}", total=None)
-        return read(
+        return read_bookings(
             stream,
             name=name,
             defaults=defaults,
@@ -668,7 +666,7 @@ ERROR_WIDTH = 40
 LIST_TIMES = ("scheduled_at", "not_after", "due_at", "sent_at")
 
 
-def _zoned(row: dict[str, Any], zone: Any) -> dict[str, Any]:
+def _zoned(row: dict[str, Any], zone: tzinfo) -> dict[str, Any]:
     """The row's times in ``zone`` as ISO 8601 with their offset (``Z`` for UTC)."""
     return {
         f: row[f].astimezone(zone).isoformat(" ", "seconds").replace("+00:00", "Z")
@@ -677,7 +675,7 @@ def _zoned(row: dict[str, Any], zone: Any) -> dict[str, Any]:
     }
 
 
-def _list_row(row: dict[str, Any], zone: Any, now: Any) -> dict[str, Any]:
+def _list_row(row: dict[str, Any], zone: tzinfo, now: datetime) -> dict[str, Any]:
     """One reminder as the table shows it: local due time and how far off, a short error."""
     from .times import local_text, relative_time
 
@@ -840,9 +838,9 @@ def dispatch(
     ).validate()
     settings = _settings(
         database_url,
+        channels=True,
         telegram_token=telegram_token,
         telegram_api_url=telegram_api_url,
-        **_channel_settings(),
     )
     _configure_logging(verbose)
     output = _output()
@@ -868,13 +866,13 @@ def dispatch(
 
 
 def _dispatch_under(
-    health: Any,
+    health: Healthcheck,
     settings: Settings,
-    options: Any,
+    options: DispatchOptions,
     output: Output,
     metrics_file: Path | None,
     json_out: bool,
-) -> Any:
+) -> RunReport | None:
     """One run (or a dry run: None) inside its healthcheck pings."""
     from .runs import quick_idle_run
 
@@ -884,17 +882,19 @@ def _dispatch_under(
             if report is not None:  # nothing to do: recorded without loading SQLAlchemy
                 health.finish(report)
                 return report
-        return _dispatch_in_store(health, settings, options, output, metrics_file, json_out)
+        report = _dispatch_in_store(settings, options, output, metrics_file, json_out)
+        if report is not None:
+            health.finish(report)
+        return report
 
 
 def _dispatch_in_store(
-    health: Any,
     settings: Settings,
-    options: Any,
+    options: DispatchOptions,
     output: Output,
     metrics_file: Path | None,
     json_out: bool,
-) -> Any:
+) -> RunReport | None:
     """The run (or dry run) on the store, once the plain idle check did not decide it."""
     from . import metrics
     from .runs import idle_run
@@ -925,31 +925,18 @@ def _dispatch_in_store(
                 )
             return None
         report = idle_run(store, options) or _run_dispatch(store, settings, options, output)
-        health.finish(report)
         if metrics_file is not None:
             metrics.export_metrics(store, metrics_file, report)
     return report
 
 
-def _run_dispatch(store: Any, settings: Settings, options: Any, output: Output) -> Any:
+def _run_dispatch(
+    store: Store, settings: Settings, options: DispatchOptions, output: Output
+) -> RunReport:
     """The dispatch engine, loaded only when there is work (an idle run stays cheap)."""
     from .dispatch import Dispatcher
 
     return Dispatcher(store, settings, options, stdout=output.stdout).run()
-
-
-def _channel_settings() -> dict[str, Any]:
-    env = os.environ
-    return {
-        "telegram_bots": telegram_bots_from(env),
-        "webhook_secret": env.get("NOTIFYCTL_WEBHOOK_SECRET") or None,
-        "smtp_url": env.get("NOTIFYCTL_SMTP_URL") or None,
-        "email_from": env.get("NOTIFYCTL_EMAIL_FROM") or None,
-        "templates_path": env.get("NOTIFYCTL_TEMPLATES") or None,
-        "webhook_allow": env.get("NOTIFYCTL_WEBHOOK_ALLOW") or None,
-        "apprise_schemes": env.get("NOTIFYCTL_APPRISE_SCHEMES") or None,
-        "send_deadline": parse_send_deadline(env.get("NOTIFYCTL_SEND_DEADLINE")),
-    }
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -1121,7 +1108,7 @@ def _duration_text(value: float | None) -> str:
     return f"{value:.1f} s" if value < 60 else human_duration(value)
 
 
-def _render_stats(result: Any, since: str, zone: Any, output: Output) -> None:
+def _render_stats(result: Stats, since: str, zone: tzinfo, output: Output) -> None:
     from .times import local_text, relative_time
 
     groups = (*result.groups, result.total)
@@ -1179,12 +1166,12 @@ def _render_stats(result: Any, since: str, zone: Any, output: Output) -> None:
     )
 
 
-def _collapsed_runs(runs: Sequence[Any], now: Any) -> list[dict[str, Any]]:
+def _collapsed_runs(runs: Sequence[RunInfo], now: datetime) -> list[dict[str, Any]]:
     """Runs newest first, each stretch of idle runs as one row ("5 idle, 1 min-5 min ago")."""
     from .times import relative_time
 
     shown: list[dict[str, Any]] = []
-    stretch: list[Any] = []
+    stretch: list[RunInfo] = []
 
     def flush() -> None:
         if len(stretch) == 1:
@@ -1208,7 +1195,7 @@ def _collapsed_runs(runs: Sequence[Any], now: Any) -> list[dict[str, Any]]:
     return shown
 
 
-def _run_row(run: Any, now: Any) -> dict[str, Any]:
+def _run_row(run: RunInfo, now: datetime) -> dict[str, Any]:
     from .times import relative_time
 
     row: dict[str, Any] = run.as_dict()

@@ -12,8 +12,9 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError
@@ -69,7 +70,6 @@ class Settings:
     """Everything a command needs to know about its environment."""
 
     database_url: str = field(default_factory=default_database_url)
-    timezone: str = "UTC"
     telegram_token: str | None = None
     #: named bots (TELEGRAM_BOT_TOKEN_<NAME>): lower-cased name → token
     telegram_bots: Mapping[str, str] = field(default_factory=dict, hash=False)
@@ -85,6 +85,21 @@ class Settings:
     #: NOTIFYCTL_SEND_DEADLINE: seconds one send may take on any channel, answer included
     send_deadline: float = DEFAULT_SEND_DEADLINE
 
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], **given: Any) -> Settings:
+        """Settings from the environment, ``given`` (command-line options) winning.
+
+        Only the variables no option reads: Typer already resolved those into ``given``.
+        """
+        read: dict[str, Any] = {
+            "telegram_bots": telegram_bots_from(environ),
+            "send_deadline": parse_send_deadline(environ.get("NOTIFYCTL_SEND_DEADLINE")),
+        }
+        for name, variable in _CHANNEL_VARIABLES.items():
+            read[name] = environ.get(variable) or None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in {**read, **given}.items() if k in known})
+
     def secrets(self) -> list[str]:
         """Every secret these settings hold, for the redactor."""
         found = [self.telegram_token, self.webhook_secret, *self.telegram_bots.values()]
@@ -93,6 +108,15 @@ class Settings:
         return [s for s in found if s]
 
 
+#: settings read from one environment variable each, empty meaning unset
+_CHANNEL_VARIABLES = {
+    "webhook_secret": "NOTIFYCTL_WEBHOOK_SECRET",
+    "smtp_url": "NOTIFYCTL_SMTP_URL",
+    "email_from": "NOTIFYCTL_EMAIL_FROM",
+    "templates_path": "NOTIFYCTL_TEMPLATES",
+    "webhook_allow": "NOTIFYCTL_WEBHOOK_ALLOW",
+    "apprise_schemes": "NOTIFYCTL_APPRISE_SCHEMES",
+}
 _BOT_TOKEN_VARIABLE = re.compile(r"TELEGRAM_BOT_TOKEN_([A-Za-z0-9_]+)")
 
 

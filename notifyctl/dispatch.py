@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TextIO, TypeVar
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 
 from . import queries
 from .channels import (
@@ -42,7 +42,8 @@ from .decisions import Outcome, decide
 from .errors import ConfigError, DatabaseError, ExitCode
 from .message import build_message, load_templates
 from .models import Reason, Status
-from .pacing import Allowance, Pacer
+from .pacing import Allowance, Pacer, Patiently
+from .queries import BookingRow
 from .runs import Action, DispatchOptions, RunReport
 
 __all__ = ["DispatchOptions", "Dispatcher", "RunReport"]
@@ -117,29 +118,27 @@ class BatchBookings:
         self,
         store: Store,
         token: str,
-        bookings: dict[int, Row[Any]],  # claim id → booking, as of the claim
+        bookings: dict[int, BookingRow],  # claim id → booking, as of the claim
         monotonic: Callable[[], float],
     ) -> None:
         self._store = store
         self._token = token
         self.claimed = bookings
-        self._current: dict[int, Row[Any] | None] = dict(bookings)
+        self._current: dict[int, BookingRow | None] = dict(bookings)
         self._monotonic = monotonic
         self._read_at = monotonic()
         self._lock = threading.Lock()
 
-    def current(
-        self, claim_id: int, patiently: Callable[[Callable[[], Any], datetime], Any], by: datetime
-    ) -> Row[Any] | None:
+    def current(self, claim_id: int, patiently: Patiently, by: datetime) -> BookingRow | None:
         """The claim's booking as of at most ``FRESH`` s ago; None when no longer held."""
         with self._lock:
             if self._monotonic() - self._read_at > FRESH:
-                fresh: dict[int, Row[Any]] = patiently(self._read, by)
+                fresh = patiently(self._read, by)
                 self._current = {i: fresh.get(i) for i in self._current}
                 self._read_at = self._monotonic()
             return self._current.get(claim_id)
 
-    def _read(self) -> dict[int, Row[Any]]:
+    def _read(self) -> dict[int, BookingRow]:
         with self._store.reader() as conn:
             return queries.held_bookings(conn, self._token, list(self._current))
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Row
-
-from .channels.base import Channel, Message
+from .channels.base import Channel, Message, TextFormat
 from .config import Settings
 
 if TYPE_CHECKING:
-    from .texts import Rendered, TemplateSet, TextFormat
+    from .queries import BookingRow
+    from .texts import Booking, Rendered, TemplateSet
 
 
 class Addressed(Protocol):
@@ -32,7 +31,7 @@ class Addressed(Protocol):
     def recipient(self) -> str: ...
 
 
-def booking_view(row: Row[Any]) -> Any:
+def booking_view(row: BookingRow) -> Booking:
     from .texts import Booking
 
     return Booking(
@@ -56,7 +55,7 @@ def load_templates(settings: Settings) -> TemplateSet | None:
 
 
 def render_for(
-    booking: Row[Any],
+    booking: BookingRow,
     kind: str,
     channel: str,
     recipient: str,
@@ -81,7 +80,7 @@ def render_for(
 
 def build_message(
     claim: Addressed,
-    booking: Row[Any],
+    booking: BookingRow,
     channel: Channel,
     now: datetime,
     templates: TemplateSet | None = None,

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Protocol, TypeVar
 
 from . import queries
 from .db import Store
@@ -23,12 +23,19 @@ CHAT_INTERVAL = timedelta(seconds=1)
 GROUP_WINDOW = timedelta(minutes=1)
 GROUP_LIMIT = 20
 Sleep = Callable[[float], None]
-#: runs a database step again while the store is busy, until a deadline (Dispatcher._patiently)
-Patiently = Callable[[Callable[[], Any], datetime], Any]
+T = TypeVar("T")
+
+
+class Patiently(Protocol):
+    """Runs a database step again while the store is busy, until a deadline."""
+
+    def __call__(self, work: Callable[[], T], deadline: datetime, /) -> T: ...
+
+
 PAUSE_PATIENCE = timedelta(seconds=10)
 
 
-def _at_once(work: Callable[[], Any], _deadline: datetime) -> Any:
+def _at_once(work: Callable[[], T], _deadline: datetime, /) -> T:
     return work()
 
 
@@ -84,11 +91,23 @@ class SharedSlots:
         A busy store is waited for until ``deadline``; then ``DatabaseError``.
         """
         with self._lock:
+            self._drop_missed()
             if not self._slots:
                 count = max(1, min(self._block, wanted))
                 first = self._patiently(lambda: self._reserve(count), deadline)
                 self._slots.extend(first + self._interval * i for i in range(count))
             return self._slots.popleft()
+
+    def _drop_missed(self) -> None:
+        """Forget slots more than one interval past: a slot is a moment, not a credit.
+
+        A run stalled (CPU, swap, a slow render) would otherwise send its missed
+        slots back to back and, beside other runs on theirs, go over the
+        provider's rate.
+        """
+        stale = self._store.clock() - self._interval
+        while self._slots and self._slots[0] < stale:
+            self._slots.popleft()
 
     def _reserve(self, count: int) -> datetime:
         with self._store.transaction() as conn:

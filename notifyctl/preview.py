@@ -10,14 +10,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row
-
 from . import queries
 from .channels import shown_recipient
 from .config import Settings, redact
 from .db import Store
 from .errors import NotFound
 from .message import load_templates, render_for
+from .queries import BookingRow, DueReminder
 
 
 @dataclass(frozen=True)
@@ -36,10 +35,9 @@ class Preview:
 
 def _channel_parts(channel: str) -> tuple[frozenset[str], Callable[[Any], str] | None]:
     """The optional parts a channel sends (``subject``, ``html``) and its subject rule."""
-    from .channels import channel_module
-    from .texts import CHECK_CHANNELS
+    from .channels import CHANNELS, capabilities, channel_module
 
-    parts = CHECK_CHANNELS.get(channel, ("plain", frozenset()))[1]
+    parts = capabilities(channel).parts if channel in CHANNELS else frozenset()
     if "subject" not in parts:
         return parts, None
     return parts, getattr(channel_module(channel), "subject_for", None)
@@ -75,9 +73,9 @@ def preview_booking(
 
 
 def _previews(
-    rows: list[Row[Any]],
-    bookings: dict[int, Row[Any]],
-    when: Callable[[Row[Any]], datetime],
+    rows: list[DueReminder],
+    bookings: dict[int, BookingRow],
+    when: Callable[[DueReminder], datetime],
     templates: Any,
     *,
     parts: bool = False,

@@ -99,7 +99,7 @@ def prune(
         totals["attempts"] += attempts
         if len(rows) < batch_size:
             break
-        after = (rows[-1].ends_at, rows[-1].id)
+        after = rows[-1]
     if dry_run:
         with store.reader() as conn:
             totals["runs"] = queries.count_runs_before(conn, cutoff)
@@ -113,9 +113,10 @@ def prune(
     return PruneResult(cutoff, dry_run, **totals)
 
 
-def _finished(conn: Connection, rows: list[Any]) -> list[int]:
+def _finished(conn: Connection, rows: list[tuple[datetime, int]]) -> list[int]:
     """The ids of ``rows`` whose reminders are all final."""
     from . import queries
 
-    busy = queries.bookings_with_unfinished(conn, [r.id for r in rows])
-    return [r.id for r in rows if r.id not in busy]
+    ids = [booking_id for _, booking_id in rows]
+    busy = queries.bookings_with_unfinished(conn, ids)
+    return [i for i in ids if i not in busy]

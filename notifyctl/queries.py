@@ -8,6 +8,7 @@ whether they won.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +20,6 @@ from sqlalchemy import (
     Connection,
     Float,
     Integer,
-    Row,
     and_,
     bindparam,
     case,
@@ -56,6 +56,115 @@ B = Booking
 CHUNK = 500
 
 
+# --- what reads return: values, not live rows ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BookingRow:
+    """A booking as stored."""
+
+    id: int
+    external_id: str
+    title: str
+    starts_at: datetime
+    ends_at: datetime
+    timezone: str
+    locale: str | None
+    data: dict[str, Any] | None
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DueReminder:
+    """What a run needs of a reminder it claims (or previews)."""
+
+    id: int
+    booking_id: int
+    kind: str
+    channel: str
+    recipient: str
+    scheduled_at: datetime
+    not_after: datetime
+    due_at: datetime
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReminderRow(DueReminder):
+    """A reminder as stored."""
+
+    status: str
+    last_error: str | None
+    lease_token: str | None
+    lease_expires_at: datetime | None
+    sent_at: datetime | None
+    provider_message_id: str | None
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ListedReminder(NamedTuple):
+    """One line of ``list``: a reminder with its booking's id."""
+
+    id: int
+    booking_id: str
+    kind: str
+    channel: str
+    recipient: str
+    status: str
+    scheduled_at: datetime
+    not_after: datetime
+    due_at: datetime
+    attempts: int
+    last_error: str | None
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCount:
+    """A count per (channel, kind), and per status where the query groups by it."""
+
+    channel: str
+    kind: str
+    count: int
+    status: str | None = None
+
+
+class Lateness(NamedTuple):
+    """p50, p95 and max lateness in seconds (channel and kind None over everything)."""
+
+    channel: str | None
+    kind: str | None
+    p50: float | None
+    p95: float | None
+    max: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A dispatch run as stored, its counters by ``runs.Action`` name."""
+
+    id: int
+    host: str
+    pid: int
+    started_at: datetime
+    finished_at: datetime | None
+    exit_code: int | None
+    counts: dict[str, int]
+
+
+def _columns(model: Any, row_type: Any) -> tuple[Any, ...]:
+    """The model's columns named like the fields of ``row_type``, in its order."""
+    return tuple(getattr(model, f.name) for f in dataclasses.fields(row_type))
+
+
+BOOKING_COLUMNS = _columns(B, BookingRow)
+REMINDER_COLUMNS = _columns(N, ReminderRow)
+
+
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -71,29 +180,29 @@ def _locked(stmt: Any, conn: Connection, lock: bool) -> Any:
 
 def load_bookings(
     conn: Connection, external_ids: Sequence[str], *, lock: bool = False
-) -> dict[str, Row[Any]]:
+) -> dict[str, BookingRow]:
     """Existing bookings by the caller's id (``lock``: held until the transaction ends)."""
-    found: dict[str, Row[Any]] = {}
+    found: dict[str, BookingRow] = {}
     for part in chunks(external_ids):
-        stmt = _locked(select(B).where(B.external_id.in_(part)).order_by(B.id), conn, lock)
-        for row in conn.execute(stmt):
-            found[row.external_id] = row
+        stmt = select(*BOOKING_COLUMNS).where(B.external_id.in_(part)).order_by(B.id)
+        for row in conn.execute(_locked(stmt, conn, lock)):
+            found[row.external_id] = BookingRow(*row)
     return found
 
 
 def load_notifications(
     conn: Connection, booking_ids: Sequence[int], *, lock: bool = False
-) -> dict[int, list[Row[Any]]]:
+) -> dict[int, list[ReminderRow]]:
     """Every reminder of the given bookings, grouped by booking.
 
     With ``lock`` no dispatcher can claim them (its ``SKIP LOCKED`` passes them
     over) until the caller's transaction ends: what create read is what it writes.
     """
-    grouped: dict[int, list[Row[Any]]] = {b: [] for b in booking_ids}
+    grouped: dict[int, list[ReminderRow]] = {b: [] for b in booking_ids}
     for part in chunks(booking_ids):
-        stmt = _locked(select(N).where(N.booking_id.in_(part)).order_by(N.id), conn, lock)
-        for row in conn.execute(stmt):
-            grouped[row.booking_id].append(row)
+        stmt = select(*REMINDER_COLUMNS).where(N.booking_id.in_(part)).order_by(N.id)
+        for row in conn.execute(_locked(stmt, conn, lock)):
+            grouped[row.booking_id].append(ReminderRow(*row))
     return grouped
 
 
@@ -266,23 +375,13 @@ class ListFilter:
     limit: int | None = None
 
 
-LIST_COLUMNS = (
-    N.id,
-    B.external_id.label("booking_id"),
-    N.kind,
-    N.channel,
-    N.recipient,
-    N.status,
-    N.scheduled_at,
-    N.not_after,
-    N.due_at,
-    N.attempts,
-    N.last_error,
-    N.sent_at,
+LIST_COLUMNS = tuple(
+    B.external_id.label("booking_id") if name == "booking_id" else getattr(N, name)
+    for name in ListedReminder._fields
 )
 
 
-def list_notifications(conn: Connection, where: ListFilter) -> Iterator[Row[Any]]:
+def list_notifications(conn: Connection, where: ListFilter) -> Iterator[ListedReminder]:
     """Reminders matching the filter, soonest due first, streamed."""
     stmt = select(*LIST_COLUMNS).join(B, B.id == N.booking_id)
     if where.statuses:
@@ -298,8 +397,8 @@ def list_notifications(conn: Connection, where: ListFilter) -> Iterator[Row[Any]
     stmt = stmt.order_by(N.due_at, N.id)
     if where.limit:
         stmt = stmt.limit(where.limit)
-    rows: Iterator[Row[Any]] = iter(conn.execution_options(yield_per=1000).execute(stmt))
-    yield from rows
+    for row in conn.execution_options(yield_per=1000).execute(stmt):
+        yield ListedReminder(*row)
 
 
 def count_by_status(conn: Connection) -> dict[str, int]:
@@ -444,17 +543,7 @@ def rescue_expired_leases(conn: Connection, now: datetime, max_attempts: int) ->
     return Rescued(list(requeued), list(failed))
 
 
-CLAIM_COLUMNS = (
-    N.id,
-    N.booking_id,
-    N.kind,
-    N.channel,
-    N.recipient,
-    N.scheduled_at,
-    N.not_after,
-    N.due_at,
-    N.attempts,
-)
+CLAIM_COLUMNS = _columns(N, DueReminder)
 
 
 def claim_due(
@@ -464,7 +553,7 @@ def claim_due(
     lease_token: str,
     lease: timedelta,
     skip_senders: Iterable[str] = (),
-) -> list[Row[Any]]:
+) -> list[DueReminder]:
     """Take up to ``limit`` due reminders, oldest ``due_at`` first, under a fresh lease.
 
     PostgreSQL skips rows another dispatcher has locked; SQLite relies on the
@@ -482,7 +571,7 @@ def claim_due(
     due = due.where(*_not_sent_by(skip_senders))
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    rows: Sequence[Any] = conn.execute(
+    rows = conn.execute(
         update(N)
         .where(N.id.in_(due.scalar_subquery()))
         .values(
@@ -494,7 +583,7 @@ def claim_due(
         )
         .returning(*CLAIM_COLUMNS)
     ).all()
-    return sorted(rows, key=lambda r: (r.due_at, r.id))
+    return sorted((DueReminder(*r) for r in rows), key=lambda r: (r.due_at, r.id))
 
 
 #: channels whose recipients may name their sender: ``<name>/<address>`` (Telegram bots)
@@ -529,25 +618,23 @@ def next_due(
     return conn.scalar(stmt.order_by(N.due_at, N.id).limit(1))
 
 
-def due_preview(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
+def due_preview(conn: Connection, now: datetime, limit: int) -> list[DueReminder]:
     """What ``claim_due`` would take, without taking it (``--dry-run``)."""
-    rows: list[Any] = list(
-        conn.execute(
-            select(*CLAIM_COLUMNS)
-            .where(
-                N.status == Status.PENDING,
-                N.due_at <= now,
-                N.not_after > now,
-                ~_superseded(now),
-            )
-            .order_by(N.due_at, N.id)
-            .limit(limit)
-        ).all()
+    rows = conn.execute(
+        select(*CLAIM_COLUMNS)
+        .where(
+            N.status == Status.PENDING,
+            N.due_at <= now,
+            N.not_after > now,
+            ~_superseded(now),
+        )
+        .order_by(N.due_at, N.id)
+        .limit(limit)
     )
-    return rows
+    return [DueReminder(*r) for r in rows]
 
 
-def reminders_of(conn: Connection, external_id: str, kind: str | None) -> list[Row[Any]]:
+def reminders_of(conn: Connection, external_id: str, kind: str | None) -> list[DueReminder]:
     """Every reminder of one booking (by the caller's id), optionally of one kind."""
     stmt = (
         select(*CLAIM_COLUMNS)
@@ -557,8 +644,7 @@ def reminders_of(conn: Connection, external_id: str, kind: str | None) -> list[R
     )
     if kind is not None:
         stmt = stmt.where(N.kind == kind)
-    rows: list[Any] = list(conn.execute(stmt))
-    return rows
+    return [DueReminder(*r) for r in conn.execute(stmt)]
 
 
 def due_senders(conn: Connection, now: datetime) -> list[str]:
@@ -581,12 +667,12 @@ def due_senders(conn: Connection, now: datetime) -> list[str]:
     return sorted({f"{channel}:{sub}" if sub else channel for channel, sub in rows})
 
 
-def bookings_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, Row[Any]]:
+def bookings_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, BookingRow]:
     unique = sorted(set(ids))
-    found: dict[int, Row[Any]] = {}
+    found: dict[int, BookingRow] = {}
     for part in chunks(unique):
-        for row in conn.execute(select(B).where(B.id.in_(part))):
-            found[row.id] = row
+        for row in conn.execute(select(*BOOKING_COLUMNS).where(B.id.in_(part))):
+            found[row.id] = BookingRow(*row)
     return found
 
 
@@ -669,17 +755,17 @@ def record_outcomes(conn: Connection, writes: Sequence[FencedWrite]) -> set[int]
 
 def held_bookings(
     conn: Connection, lease_token: str, notification_ids: Sequence[int]
-) -> dict[int, Row[Any]]:
+) -> dict[int, BookingRow]:
     """Reminder id → its booking as it is now, for those this lease still holds."""
-    found: dict[int, Row[Any]] = {}
+    found: dict[int, BookingRow] = {}
     for part in chunks(notification_ids):
-        rows: Any = conn.execute(
-            select(N.id.label("notification_id"), B)
+        rows = conn.execute(
+            select(N.id, *BOOKING_COLUMNS)
             .join(B, B.id == N.booking_id)
             .where(N.id.in_(part), N.status == Status.SENDING, N.lease_token == lease_token)
         )
-        for row in rows:
-            found[row.notification_id] = row
+        for notification_id, *booking in rows:
+            found[notification_id] = BookingRow(*booking)
     return found
 
 
@@ -849,28 +935,26 @@ def count_with_status(conn: Connection, status: Status) -> int:
     return conn.scalar(select(func.count()).where(N.status == status)) or 0
 
 
-def finished_counts(conn: Connection, since: datetime) -> list[Row[Any]]:
-    """(channel, kind, status, count) of reminders finished at or after ``since``."""
-    return list(
-        conn.execute(
-            select(N.channel, N.kind, N.status, func.count().label("count"))
-            .where(N.updated_at >= since, N.status.in_(FINAL_STATUSES))
-            .group_by(N.channel, N.kind, N.status)
-        )
+def finished_counts(conn: Connection, since: datetime) -> list[GroupCount]:
+    """Reminders finished at or after ``since`` per channel, kind and status."""
+    rows = conn.execute(
+        select(N.channel, N.kind, func.count(), N.status)
+        .where(N.updated_at >= since, N.status.in_(FINAL_STATUSES))
+        .group_by(N.channel, N.kind, N.status)
     )
+    return [GroupCount(*r) for r in rows]
 
 
-def retry_counts(conn: Connection, since: datetime) -> list[Row[Any]]:
-    """(channel, kind, count) of attempts since ``since`` whose outcome was a retry."""
-    return list(
-        conn.execute(
-            select(N.channel, N.kind, func.count().label("count"))
-            .select_from(A)
-            .join(N, N.id == A.notification_id)
-            .where(A.started_at >= since, A.outcome == Action.RETRIED)
-            .group_by(N.channel, N.kind)
-        )
+def retry_counts(conn: Connection, since: datetime) -> list[GroupCount]:
+    """Attempts since ``since`` whose outcome was a retry, per channel and kind."""
+    rows = conn.execute(
+        select(N.channel, N.kind, func.count())
+        .select_from(A)
+        .join(N, N.id == A.notification_id)
+        .where(A.started_at >= since, A.outcome == Action.RETRIED)
+        .group_by(N.channel, N.kind)
     )
+    return [GroupCount(*r) for r in rows]
 
 
 def _lateness_seconds(conn: Connection) -> ColumnElement[float]:
@@ -880,7 +964,7 @@ def _lateness_seconds(conn: Connection) -> ColumnElement[float]:
     return (func.julianday(N.sent_at) - func.julianday(N.scheduled_at)) * 86400.0
 
 
-def lateness(conn: Connection, since: datetime, *, by_group: bool = True) -> list[Row[Any]]:
+def lateness(conn: Connection, since: datetime, *, by_group: bool = True) -> list[Lateness]:
     """p50, p95 and max of ``sent_at - scheduled_at`` (seconds) of reminders sent since ``since``.
 
     Per (channel, kind) with ``by_group``, else one row over everything (its
@@ -900,7 +984,7 @@ def lateness(conn: Connection, since: datetime, *, by_group: bool = True) -> lis
             func.percentile_cont(0.95).within_group(seconds).label("p95"),
             func.max(seconds).label("max"),
         ).where(sent)
-        return list(conn.execute(stmt.group_by(*groups) if groups else stmt))
+        return [Lateness._make(r) for r in conn.execute(stmt.group_by(*groups) if groups else stmt)]
     # Partitioned by (kind, channel), which no index yields in order, so SQLite reads
     # the window's range of ix_notifications_updated_at instead of walking a whole index.
     partitions = [N.kind, N.channel] if by_group else None
@@ -934,22 +1018,39 @@ def lateness(conn: Connection, since: datetime, *, by_group: bool = True) -> lis
         percentile(0.95).label("p95"),
         func.max(ranked.c.seconds).label("max"),
     )
-    return list(conn.execute(stmt.group_by(*outer) if outer else stmt))
+    return [Lateness._make(r) for r in conn.execute(stmt.group_by(*outer) if outer else stmt)]
 
 
-def recent_runs(conn: Connection, limit: int) -> list[Row[Any]]:
+_RUN_COLUMNS = (R.id, R.host, R.pid, R.started_at, R.finished_at, R.exit_code)
+
+
+def _run_row(row: Any) -> RunRow:
+    run_id, host, pid, started_at, finished_at, exit_code = row[: len(_RUN_COLUMNS)]
+    counts = zip(RUN_COUNTERS, row[len(_RUN_COLUMNS) :], strict=True)
+    return RunRow(
+        run_id, host, pid, started_at, finished_at, exit_code, {str(k): v or 0 for k, v in counts}
+    )
+
+
+def _runs() -> Any:
+    return select(*_RUN_COLUMNS, *(getattr(R, c) for c in RUN_COUNTERS))
+
+
+def recent_runs(conn: Connection, limit: int) -> list[RunRow]:
     """The latest dispatch runs, newest first."""
-    return list(conn.execute(select(R).order_by(R.started_at.desc(), R.id.desc()).limit(limit)))
+    rows = conn.execute(_runs().order_by(R.started_at.desc(), R.id.desc()).limit(limit))
+    return [_run_row(r) for r in rows]
 
 
-def last_successful_run(conn: Connection) -> Row[Any] | None:
+def last_successful_run(conn: Connection) -> RunRow | None:
     """The latest run that exited 0 (walks the started_at index from the end)."""
-    return conn.execute(
-        select(R)
+    row = conn.execute(
+        _runs()
         .where(R.exit_code == 0, R.finished_at.is_not(None))
         .order_by(R.started_at.desc(), R.id.desc())
         .limit(1)
     ).first()
+    return _run_row(row) if row is not None else None
 
 
 def bookings_ended_before(
@@ -959,7 +1060,7 @@ def bookings_ended_before(
     limit: int,
     *,
     lock: bool = False,
-) -> list[Row[Any]]:
+) -> list[tuple[datetime, int]]:
     """(ends_at, id) of the next ``limit`` bookings that ended before ``cutoff``.
 
     Keyset-paged on (ends_at, id) after ``after`` over ``ix_bookings_ends_at``.
@@ -976,7 +1077,7 @@ def bookings_ended_before(
     stmt = stmt.order_by(B.ends_at, B.id).limit(limit)
     if lock and conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True, of=B)
-    return list(conn.execute(stmt))
+    return [(ends_at, booking_id) for ends_at, booking_id in conn.execute(stmt)]
 
 
 def bookings_with_unfinished(conn: Connection, booking_ids: Sequence[int]) -> set[int]:
@@ -1049,16 +1150,15 @@ def delete_runs_before(conn: Connection, cutoff: datetime, limit: int) -> int:
     return conn.execute(delete(R).where(R.id.in_(oldest))).rowcount
 
 
-def superseded_counts(conn: Connection, since: datetime) -> list[Row[Any]]:
-    """(channel, kind, count) of reminders expired as superseded at or after ``since``."""
-    return list(
-        conn.execute(
-            select(N.channel, N.kind, func.count().label("count"))
-            .where(
-                N.updated_at >= since,
-                N.status == Status.EXPIRED,
-                N.reason == Reason.SUPERSEDED,
-            )
-            .group_by(N.channel, N.kind)
+def superseded_counts(conn: Connection, since: datetime) -> list[GroupCount]:
+    """Reminders expired as superseded at or after ``since``, per channel and kind."""
+    rows = conn.execute(
+        select(N.channel, N.kind, func.count())
+        .where(
+            N.updated_at >= since,
+            N.status == Status.EXPIRED,
+            N.reason == Reason.SUPERSEDED,
         )
+        .group_by(N.channel, N.kind)
     )
+    return [GroupCount(*r) for r in rows]

@@ -9,21 +9,23 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 
 from . import queries
 from .channels import parse_recipient, shown_recipient
+from .config import clip
 from .db import Store as Store
 from .db import open_store as open_store
 from .errors import InvalidInput, NotFound, shown
 from .kinds import Kind, parse_kinds
 from .models import BookingStatus, Reason, Status
+from .queries import BookingRow, ListedReminder, ReminderRow
 from .times import implied_zone, parse_time, parse_zone, zone_name
 
 if TYPE_CHECKING:
@@ -61,53 +63,127 @@ class BookingInput:
     zone_implied: bool = False  # not given: taken from the times' UTC offset (or UTC)
 
 
-def booking_input(
-    booking_id: str,
-    *,
-    starts_at: str | datetime,
-    ends_at: str | datetime,
-    to: Sequence[str],
-    title: str | None = None,
-    timezone: str | None = None,
-    remind: Sequence[str] | None = None,
-    locale: str | None = None,
-    data: Mapping[str, Any] | None = None,
-    reactivate: bool = False,
-    now: datetime,
-) -> BookingInput:
-    """Validate raw values (strings as the CLI and files give them) into a BookingInput."""
-    if not _BOOKING_ID.fullmatch(booking_id or "") or booking_id != booking_id.strip():
-        raise InvalidInput(f"invalid booking id {shown(booking_id)}: 1-128 printable characters")
-    zone = parse_zone(timezone) if timezone else implied_zone(starts_at, ends_at)
-    zone_implied = not timezone
-    if zone is None:
-        zone = parse_zone("UTC")
-    starts = starts_at if isinstance(starts_at, datetime) else parse_time(starts_at, zone, now)
-    ends = ends_at if isinstance(ends_at, datetime) else parse_time(ends_at, zone, now)
-    if starts.tzinfo is None or ends.tzinfo is None:
+_TEXT, _LIST, _OBJECT, _FLAG = "text", "list", "object", "flag"
+
+
+def _shape(shape: str, required: bool = False) -> dict[str, Any]:
+    """How a ``BookingFields`` field is given in a file line, and whether it must be."""
+    return {"shape": shape, "required": required}
+
+
+@dataclass(frozen=True)
+class BookingFields:
+    """A booking as given, before validation: the one declaration of a booking's fields.
+
+    The CLI's options, each line of ``create --from-file`` and the Python API all
+    build one of these; ``validated`` turns it into a ``BookingInput``. None means
+    "not given" (a file line then takes the command line's value).
+    """
+
+    booking_id: str | None = field(default=None, metadata=_shape(_TEXT, required=True))
+    starts_at: str | datetime | None = field(default=None, metadata=_shape(_TEXT, required=True))
+    ends_at: str | datetime | None = field(default=None, metadata=_shape(_TEXT, required=True))
+    to: Sequence[str] | None = field(default=None, metadata=_shape(_LIST, required=True))
+    title: str | None = field(default=None, metadata=_shape(_TEXT))
+    timezone: str | None = field(default=None, metadata=_shape(_TEXT))
+    remind: Sequence[str] | None = field(default=None, metadata=_shape(_LIST))
+    locale: str | None = field(default=None, metadata=_shape(_TEXT))
+    data: Mapping[str, Any] | None = field(default=None, metadata=_shape(_OBJECT))
+    #: a switch of the whole command, not of one file line
+    reactivate: bool | None = field(default=None, metadata=_shape(_FLAG))
+
+    @classmethod
+    def names(cls, *, per_line: bool = False) -> tuple[str, ...]:
+        """Field names (``per_line``: those a file line may give)."""
+        return tuple(f.name for f in fields(cls) if not per_line or f.metadata["shape"] != _FLAG)
+
+    def missing(self) -> list[str]:
+        """Required fields not given."""
+        return [
+            f.name for f in fields(self) if f.metadata["required"] and not getattr(self, f.name)
+        ]
+
+    def over(self, defaults: BookingFields) -> BookingFields:
+        """These fields, with ``defaults``' values for those not given."""
+        given = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(
+            defaults, **{name: value for name, value in given.items() if value is not None}
+        )
+
+    @classmethod
+    def from_record(
+        cls, record: Mapping[str, Any], as_list: Callable[[Any], list[str]]
+    ) -> BookingFields:
+        """One file line's values, each checked for its shape (``as_list`` reads lists)."""
+        unknown = set(record) - set(cls.names(per_line=True))
+        if unknown:
+            names = ", ".join(clip(n, 40) for n in sorted(unknown)[:10])
+            raise InvalidInput(f"unknown key(s): {names}")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in record:
+                continue
+            value, shape = record[f.name], f.metadata["shape"]
+            if shape == _TEXT and not isinstance(value, str):
+                raise InvalidInput(f"{f.name} must be a string")
+            if shape == _OBJECT and not isinstance(value, dict):
+                raise InvalidInput(f"{f.name} must be an object")
+            values[f.name] = as_list(value) if shape == _LIST else value
+        return cls(**values)
+
+    def validated(self, now: datetime) -> BookingInput:
+        """Validate the values (strings as the CLI and files give them) into a BookingInput."""
+        booking_id = self.booking_id or ""
+        if not _BOOKING_ID.fullmatch(booking_id) or booking_id != booking_id.strip():
+            raise InvalidInput(
+                f"invalid booking id {shown(booking_id)}: 1-128 printable characters"
+            )
+        if self.starts_at is None or self.ends_at is None:
+            raise InvalidInput(f"{'starts_at' if self.starts_at is None else 'ends_at'} is missing")
+        zone = (
+            parse_zone(self.timezone)
+            if self.timezone
+            else implied_zone(self.starts_at, self.ends_at)
+        )
+        if zone is None:
+            zone = parse_zone("UTC")
+        starts = _aware(self.starts_at, zone, now)
+        ends = _aware(self.ends_at, zone, now)
+        if ends <= starts:
+            raise InvalidInput("ends_at must be after starts_at")
+        if not self.to:
+            raise InvalidInput("at least one recipient (--to) is needed")
+        recipients = tuple(dict.fromkeys(parse_recipient(r) for r in self.to))
+        title, locale = self.title, self.locale
+        if title is not None and not _TITLE.fullmatch(title):
+            raise InvalidInput("title must be 1-512 characters, without control characters")
+        if locale is not None and (len(locale) > 35 or not _LOCALE.fullmatch(locale)):
+            raise InvalidInput(f"invalid locale {locale!r}: use e.g. en, de, pt-BR")
+        return BookingInput(
+            booking_id=booking_id,
+            starts_at=starts,
+            ends_at=ends,
+            recipients=recipients,
+            kinds=tuple(parse_kinds(list(self.remind or []))),
+            title=title if title is not None else booking_id,
+            timezone=zone_name(zone),
+            locale=locale.replace("_", "-") if locale else None,
+            data=check_data(self.data),
+            reactivate=bool(self.reactivate),
+            zone_implied=not self.timezone,
+        )
+
+
+def _aware(value: str | datetime, zone: tzinfo, now: datetime) -> datetime:
+    moment = value if isinstance(value, datetime) else parse_time(value, zone, now)
+    if moment.tzinfo is None:
         raise InvalidInput("starts_at and ends_at must be timezone-aware")
-    if ends <= starts:
-        raise InvalidInput("ends_at must be after starts_at")
-    if not to:
-        raise InvalidInput("at least one recipient (--to) is needed")
-    recipients = tuple(dict.fromkeys(parse_recipient(r) for r in to))
-    if title is not None and not _TITLE.fullmatch(title):
-        raise InvalidInput("title must be 1-512 characters, without control characters")
-    if locale is not None and (len(locale) > 35 or not _LOCALE.fullmatch(locale)):
-        raise InvalidInput(f"invalid locale {locale!r}: use e.g. en, de, pt-BR")
-    return BookingInput(
-        booking_id=booking_id,
-        starts_at=starts,
-        ends_at=ends,
-        recipients=recipients,
-        kinds=tuple(parse_kinds(list(remind or []))),
-        title=title if title is not None else booking_id,
-        timezone=zone_name(zone),
-        locale=locale.replace("_", "-") if locale else None,
-        data=check_data(data),
-        reactivate=reactivate,
-        zone_implied=zone_implied,
-    )
+    return moment
+
+
+def booking_input(booking_id: str, *, now: datetime, **given: Any) -> BookingInput:
+    """Python API: validate one booking's fields (the names of ``BookingFields``)."""
+    return BookingFields(booking_id=booking_id, **given).validated(now)
 
 
 def check_data(data: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -262,7 +338,7 @@ def _new_reminder(key: Key, times: Times, now: datetime) -> dict[str, Any]:
     }
 
 
-def _rearm(row: Row[Any], times: Times, now: datetime) -> dict[str, Any]:
+def _rearm(row: ReminderRow, times: Times, now: datetime) -> dict[str, Any]:
     scheduled, not_after = times
     return {
         "n_id": row.id,
@@ -343,7 +419,11 @@ def _plan_new(inp: BookingInput, now: datetime, plan: _Plan) -> BookingResult:
 
 
 def _plan_existing(
-    inp: BookingInput, booking: Row[Any], reminders: list[Row[Any]], now: datetime, plan: _Plan
+    inp: BookingInput,
+    booking: BookingRow,
+    reminders: list[ReminderRow],
+    now: datetime,
+    plan: _Plan,
 ) -> BookingResult:
     reactivating = booking.status == BookingStatus.CANCELLED
     if reactivating and not inp.reactivate:
@@ -525,20 +605,7 @@ def cancel(
 
 # --- list -------------------------------------------------------------------------------
 
-LIST_FIELDS = (
-    "id",
-    "booking_id",
-    "kind",
-    "channel",
-    "recipient",
-    "status",
-    "scheduled_at",
-    "not_after",
-    "due_at",
-    "attempts",
-    "last_error",
-    "sent_at",
-)
+LIST_FIELDS = queries.ListedReminder._fields
 
 
 @contextmanager
@@ -551,8 +618,8 @@ def list_notifications(
         yield (_listed(row) for row in rows)
 
 
-def _listed(row: Row[Any]) -> dict[str, Any]:
-    fields = {f: row._mapping[f] for f in LIST_FIELDS}
+def _listed(row: ListedReminder) -> dict[str, Any]:
+    fields = row._asdict()
     fields["recipient"] = shown_recipient(fields["recipient"])
     return fields
 

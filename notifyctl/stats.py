@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from .db import Store
+    from .queries import Lateness, RunRow
 
 RECENT_RUNS = 10
 
@@ -98,9 +99,7 @@ class RunInfo:
     exit_code: int | None
 
     @classmethod
-    def from_row(cls, row: Any) -> RunInfo:
-        from .runs import RUN_COUNTERS
-
+    def from_row(cls, row: RunRow) -> RunInfo:
         finished = row.finished_at
         return cls(
             id=row.id,
@@ -109,7 +108,7 @@ class RunInfo:
             started_at=row.started_at,
             finished_at=finished,
             duration_seconds=_seconds(finished - row.started_at if finished else None),
-            counts={str(name): getattr(row, name) or 0 for name in RUN_COUNTERS},
+            counts=dict(row.counts),
             exit_code=row.exit_code,
         )
 
@@ -215,15 +214,15 @@ def stats(store: Store, since: timedelta) -> Stats:
 
     with store.reader() as conn:
         for row in queries.finished_counts(conn, start):
-            group(row.channel, row.kind)[_STATUS_FIELD[row.status]] = row.count
+            group(row.channel, row.kind)[_STATUS_FIELD[str(row.status)]] = row.count
         for row in queries.superseded_counts(conn, start):
             entry = group(row.channel, row.kind)
             entry["superseded"] = row.count
             entry["expired"] = entry.get("expired", 0) - row.count
         for row in queries.retry_counts(conn, start):
             group(row.channel, row.kind)["retries"] = row.count
-        for row in queries.lateness(conn, start):
-            group(row.channel, row.kind).update(_lateness(row))
+        for by_group in queries.lateness(conn, start):
+            group(str(by_group.channel), str(by_group.kind)).update(_lateness(by_group))
         (overall,) = queries.lateness(conn, start, by_group=False)
         queue = _queue_state(conn, now)
         runs = tuple(RunInfo.from_row(r) for r in queries.recent_runs(conn, RECENT_RUNS))
@@ -245,7 +244,7 @@ def stats(store: Store, since: timedelta) -> Stats:
     return Stats(now, start, groups, total, queue, runs)
 
 
-def _lateness(row: Any) -> dict[str, float | None]:
+def _lateness(row: Lateness) -> dict[str, float | None]:
     return {
         "lateness_p50": _round(row.p50),
         "lateness_p95": _round(row.p95),

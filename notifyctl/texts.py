@@ -37,13 +37,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
 from jinja2 import StrictUndefined, nodes
 from jinja2.exceptions import TemplateRuntimeError
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
+from .channels.base import TextFormat
 from .errors import ConfigError, InvalidInput
 from .kinds import Kind, parse_kind
 from .times import parse_zone
@@ -343,9 +344,6 @@ def truncate(text: str, limit: int) -> str:
     return text  # pragma: no cover - unreachable: the text was longer than the limit
 
 
-TextFormat = Literal["html", "plain"]
-
-
 @dataclass(frozen=True)
 class Rendered:
     text: str
@@ -530,16 +528,6 @@ def render_template(
     return Rendered(rendered.text, rendered.text_format, subject, html_part)
 
 
-#: what each channel renders (its text format and its extra parts), for ``templates check``
-CHECK_CHANNELS: dict[str, tuple[TextFormat, frozenset[str]]] = {
-    "telegram": ("html", frozenset()),
-    "console": ("plain", frozenset()),
-    "webhook": ("plain", frozenset()),
-    "email": ("plain", frozenset({"subject", "html"})),
-    "apprise": ("plain", frozenset({"subject"})),
-}
-
-
 def sample_booking(now: datetime, data: dict[str, Any] | None = None) -> Booking:
     """The booking ``templates check`` renders against (markup in the title on purpose)."""
     from datetime import timedelta
@@ -553,10 +541,6 @@ def sample_booking(now: datetime, data: dict[str, Any] | None = None) -> Booking
         locale=None,
         data=dict(data or {}),
     )
-
-
-def _parts(channel: str) -> frozenset[str]:
-    return CHECK_CHANNELS[channel][1] if channel in CHECK_CHANNELS else frozenset()
 
 
 def toml_key(key: Key) -> str:
@@ -576,22 +560,24 @@ def check_templates(
 
     Returns (renderings, errors); each error names the file, the entry and the field.
     """
+    from .channels import CHANNELS, capabilities
     from .kinds import DEFAULT_KINDS
 
+    channels = {name: capabilities(name) for name in CHANNELS}
     booking = sample_booking(now, data)
     errors: list[str] = []
     rendered = 0
     for key in templates.specific_keys():
         _, kind, channel = key
-        scope = [channel] if channel else list(CHECK_CHANNELS)
+        scope = [channel] if channel else list(channels)
         for field_name, source in templates.entries[key].items():
             # each field against the channels that send it (an unused one still once)
-            users = [c for c in scope if field_name == "text" or field_name in _parts(c)]
+            users = [c for c in scope if field_name == "text" or field_name in channels[c].parts]
             for kind_name in [kind] if kind else list(DEFAULT_KINDS):
                 for channel_name in users or scope[:1]:
                     variables = context(booking, kind_name, "sample-recipient", channel_name, now)
                     escape = field_name == "html" or (
-                        field_name == "text" and CHECK_CHANNELS[channel_name][0] == "html"
+                        field_name == "text" and channels[channel_name].text_format == "html"
                     )
                     where = (
                         f"{templates.path}: [{toml_key(key)}] {field_name} "

@@ -1,6 +1,6 @@
 """A scripted provider at the channel boundary, for the model-based test (tests/test_model.py).
 
-Registered as channel ``model`` (``CHANNELS["model"] = "tests.model_channel"``)
+Registered as channel ``model`` (``CHANNELS["model"] = "tests.model_channel:ModelChannel"``)
 only while that test runs. Every ``send`` asks ``provider`` (installed by the
 test's state machine) what the provider answers; the module itself knows no
 database and keeps no state besides that hook.

@@ -866,7 +866,7 @@ class FreshStores:
 
 @pytest.fixture
 def model_provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setitem(CHANNELS, "model", "tests.model_channel")
+    monkeypatch.setitem(CHANNELS, "model", "tests.model_channel:ModelChannel")
     channel_module.cache_clear()
     yield
     model_channel.provider = None

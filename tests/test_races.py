@@ -515,7 +515,7 @@ def probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from notifyctl.channels import CHANNELS, channel_module
     from tests import probe_channel
 
-    monkeypatch.setitem(CHANNELS, "probe", "tests.probe_channel")
+    monkeypatch.setitem(CHANNELS, "probe", "tests.probe_channel:ProbeChannel")
     channel_module.cache_clear()
     probe_channel.sent.clear()
     probe_channel.script.clear()

@@ -17,19 +17,21 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
 
 from ..config import Settings, redact_url
 from ..errors import ConfigError, InvalidInput
-from .base import Channel, ChannelContext
+from .base import Channel, ChannelContext, TextFormat
 
+#: channel name → ``module:Class`` of its implementation
 CHANNELS: dict[str, str] = {
-    "telegram": "notifyctl.channels.telegram",
-    "console": "notifyctl.channels.console",
-    "webhook": "notifyctl.channels.webhook",
-    "email": "notifyctl.channels.email",
-    "apprise": "notifyctl.channels.apprise_channel",
+    "telegram": "notifyctl.channels.telegram:TelegramChannel",
+    "console": "notifyctl.channels.console:ConsoleChannel",
+    "webhook": "notifyctl.channels.webhook:WebhookChannel",
+    "email": "notifyctl.channels.email:EmailChannel",
+    "apprise": "notifyctl.channels.apprise_channel:AppriseChannel",
 }
 
 MAX_ADDRESS_LENGTH = 2048  # notifications.recipient
@@ -39,7 +41,22 @@ _TELEGRAM_SHORT = re.compile(r"-?\d+|@\w+")
 @cache
 def channel_module(name: str) -> ModuleType:
     """The module of a registered channel; ``KeyError`` for an unknown one."""
-    return importlib.import_module(CHANNELS[name])
+    return importlib.import_module(CHANNELS[name].partition(":")[0])
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a channel's messages hold: its text format, extra parts and longest text."""
+
+    text_format: TextFormat
+    parts: frozenset[str]
+    max_text_length: int | None
+
+
+def capabilities(name: str) -> Capabilities:
+    """A registered channel's capabilities, read from its class (``KeyError``: unknown)."""
+    cls: type[Channel] = getattr(channel_module(name), CHANNELS[name].partition(":")[2])
+    return Capabilities(cls.text_format, cls.parts, cls.max_text_length)
 
 
 def shown_recipient(recipient: str) -> str:
