@@ -203,7 +203,9 @@ class Sizes:
     def for_mode(quick: bool) -> Sizes:
         if quick:
             return Sizes(500, 50, 1_000, 10_000, 2, 2_000, 1_000, 20_000, 1)
-        return Sizes(10_000, 600, 10_000, 1_000_000, 5, 100_000, 1_000, 1_000_000, 5)
+        # memory: 20 s, as a loaded machine needed more than 5 s before the first claim
+        # on SQLite's 1M due rows (a run that sent nothing is a crash, not a figure)
+        return Sizes(10_000, 600, 10_000, 1_000_000, 5, 100_000, 1_000, 1_000_000, 20)
 
 
 @dataclass
@@ -258,7 +260,7 @@ def fig_throughput(ctx: Context, stores: Stores) -> list[Result]:
         f"dispatch throughput, {n} due, provider at once",
         stores.dialect,
         "msg/s",
-        Target("ratio>=", 0.8),
+        Target("ratio>=", 1.0),
     )
     template = stores.empty("throughput")
     fill(template, [Fill("due", n, per_booking=1)])
@@ -450,8 +452,8 @@ def fig_idle(ctx: Context, stores: Stores) -> list[Result]:
         )
 
     return [
-        idle(f"idle dispatch, {small_n} finished rows", "small", "floor", 1.3, "floor"),
-        idle(f"idle dispatch, {big_n} finished rows", "big", "floor", 1.3, "floor"),
+        idle(f"idle dispatch, {small_n} finished rows", "small", "floor", 1.15, "floor"),
+        idle(f"idle dispatch, {big_n} finished rows", "big", "floor", 1.15, "floor"),
         idle(
             f"idle dispatch, {big_n} vs {small_n} rows",
             "big",

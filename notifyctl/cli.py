@@ -907,11 +907,33 @@ def _dispatch_under(
     json_out: bool,
 ) -> RunReport | None:
     """One run (or a dry run: None) inside its healthcheck pings."""
+    from .runs import quick_idle_run
+
+    with health:
+        if not options.dry_run and metrics_file is None:  # metrics are read through the ORM
+            report = quick_idle_run(settings.database_url, options, utcnow)
+            if report is not None:  # nothing to do: recorded without loading SQLAlchemy
+                health.finish(report)
+                return report
+        report = _dispatch_in_store(settings, options, output, metrics_file, json_out)
+        if report is not None:
+            health.finish(report)
+        return report
+
+
+def _dispatch_in_store(
+    settings: Settings,
+    options: DispatchOptions,
+    output: Output,
+    metrics_file: Path | None,
+    json_out: bool,
+) -> RunReport | None:
+    """The run (or dry run) on the store, once the plain idle check did not decide it."""
     from . import metrics
     from .runs import idle_run
 
     dry_run = options.dry_run
-    with health, _store(settings.database_url) as store:
+    with _store(settings.database_url) as store:
         if dry_run:
             from .channels import config_problems, sender
             from .preview import preview
@@ -936,7 +958,6 @@ def _dispatch_under(
                 )
             return None
         report = idle_run(store, options) or _run_dispatch(store, settings, options, output)
-        health.finish(report)
         if metrics_file is not None:
             metrics.export_metrics(store, metrics_file, report)
     return report

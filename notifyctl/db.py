@@ -33,11 +33,9 @@ from sqlalchemy.engine.url import URL
 
 from .config import redact_url
 from .errors import ConfigError, DatabaseError, InvalidInput, SchemaNotCurrent
+from .rawstore import PG_CONNECT_TIMEOUT, SQLITE_BUSY_TIMEOUT_MS, sqlite_pragmas
+from .rawstore import SCHEMA_REVISION as SCHEMA_REVISION
 from .times import Clock, utcnow
-
-SQLITE_BUSY_TIMEOUT_MS = 10_000
-#: the Alembic head this code expects; commands check it without importing Alembic
-SCHEMA_REVISION = "0003"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -138,7 +136,9 @@ def make_engine(raw_url: str, *, create_file: bool = True, read_only: bool = Fal
     url = normalise_url(raw_url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, create_file=create_file and not read_only, read_only=read_only)
-    return create_engine(url, hide_parameters=True, connect_args={"connect_timeout": 10})
+    return create_engine(
+        url, hide_parameters=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT}
+    )
 
 
 def _sqlite_engine(url: URL, *, create_file: bool, read_only: bool = False) -> Engine:
@@ -168,11 +168,8 @@ def _sqlite_engine(url: URL, *, create_file: bool, read_only: bool = False) -> E
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        if not read_only:  # switching (even to WAL again) needs to write
-            cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
+        for pragma in sqlite_pragmas(read_only):
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")

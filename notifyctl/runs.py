@@ -10,15 +10,19 @@ in ``queries``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, text
+from .errors import DatabaseError, InvalidInput
 
-from .db import Store, UTCDateTime
-from .errors import InvalidInput
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, TextClause
+
+    from .db import Store
 
 BACKOFF_CAP = 3600.0
 #: a run waits only for what falls due at least this long before its budget ends
@@ -133,20 +137,35 @@ class RunReport:
         return f"dispatch: {', '.join(parts)} in {self.duration_seconds:.1f}s"
 
 
-_ANY_WORK = text(
+ANY_WORK_SQL = (
     "SELECT 1 FROM notifications WHERE status = 'pending' AND due_at <= :horizon "
     "UNION ALL "
     "SELECT 1 FROM notifications WHERE status = 'pending' AND not_after <= :now "
     "UNION ALL "
     "SELECT 1 FROM notifications WHERE status = 'sending' AND lease_expires_at <= :now "
     "LIMIT 1"
-).bindparams(bindparam("now", type_=UTCDateTime), bindparam("horizon", type_=UTCDateTime))
-
-_RECORD_IDLE_RUN = text(
+)
+RECORD_IDLE_RUN_SQL = (
     "INSERT INTO dispatch_runs (host, pid, started_at, finished_at, claimed, sent, retried, "
     "rate_limited, failed, expired, rescued, exit_code) "  # the other counters default to 0
     "VALUES (:host, :pid, :started, :finished, 0, 0, 0, 0, 0, 0, 0, 0)"
-).bindparams(bindparam("started", type_=UTCDateTime), bindparam("finished", type_=UTCDateTime))
+)
+
+
+@cache
+def _statements() -> tuple[TextClause, TextClause]:
+    """The two statements for SQLAlchemy (built on first use: see ``quick_idle_run``)."""
+    from sqlalchemy import bindparam, text
+
+    from .db import UTCDateTime
+
+    any_work = text(ANY_WORK_SQL).bindparams(
+        bindparam("now", type_=UTCDateTime), bindparam("horizon", type_=UTCDateTime)
+    )
+    record = text(RECORD_IDLE_RUN_SQL).bindparams(
+        bindparam("started", type_=UTCDateTime), bindparam("finished", type_=UTCDateTime)
+    )
+    return any_work, record
 
 
 def has_work(conn: Connection, now: datetime, wait: timedelta = timedelta(0)) -> bool:
@@ -155,7 +174,7 @@ def has_work(conn: Connection, now: datetime, wait: timedelta = timedelta(0)) ->
     Each branch is served by a partial index (ix_notifications_due, _not_after, _lease).
     """
     params = {"now": now, "horizon": now + wait}
-    return conn.execute(_ANY_WORK, params).first() is not None
+    return conn.execute(_statements()[0], params).first() is not None
 
 
 def record_idle_run(
@@ -163,7 +182,7 @@ def record_idle_run(
 ) -> None:
     """An idle run is still a run: monitoring counts the time since the last success."""
     conn.execute(
-        _RECORD_IDLE_RUN, {"host": host, "pid": pid, "started": started, "finished": finished}
+        _statements()[1], {"host": host, "pid": pid, "started": started, "finished": finished}
     )
 
 
@@ -180,4 +199,74 @@ def idle_run(store: Store, options: DispatchOptions | None = None) -> RunReport 
         if has_work(conn, started, (options or DispatchOptions()).wait_horizon):
             return None
         record_idle_run(conn, socket.gethostname(), os.getpid(), started, store.clock())
+    return RunReport()
+
+
+def quick_idle_run(
+    database_url: str, options: DispatchOptions, clock: Callable[[], datetime]
+) -> RunReport | None:
+    """``idle_run`` through the plain driver, before SQLAlchemy is loaded; None: not decided.
+
+    The same two statements in one write transaction (``BEGIN IMMEDIATE`` on
+    SQLite), on a store whose ``alembic_version`` is ``SCHEMA_REVISION``. When
+    there is work, the store is not at that revision, the URL is unusual or
+    anything else goes wrong, it answers None and the regular path decides
+    (and words any error) as it always did. Only an unreachable database is
+    reported here, worded as the regular path words it, so that its wait is
+    not paid twice.
+    """
+    from . import rawstore
+    from .config import redact_url
+
+    target = rawstore.plain_target(database_url)
+    if target is None:
+        return None
+    dialect, where = target
+    try:
+        if dialect == "sqlite":
+            conn = rawstore.connect_sqlite(where)
+        else:
+            conn = rawstore.connect_postgresql(where)
+    except Exception as e:
+        if type(e).__name__ != "OperationalError":  # sqlite3's and psycopg's
+            return None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DatabaseError(f"database {redact_url(database_url)} is unavailable: {reason}") from e
+    try:
+        return _plain_idle_run(conn, dialect, options, clock)
+    except Exception:  # the regular path decides, and words the error
+        return None
+    finally:
+        conn.close()
+
+
+def _plain_idle_run(
+    conn: Any, dialect: str, options: DispatchOptions, clock: Callable[[], datetime]
+) -> RunReport | None:
+    import os
+    import socket
+
+    from .rawstore import SCHEMA_REVISION, SQLITE_TIME, pg_params
+
+    def at(moment: datetime) -> Any:  # SQLite: the text SQLAlchemy stores; PostgreSQL: as is
+        return moment.astimezone(UTC).strftime(SQLITE_TIME) if dialect == "sqlite" else moment
+
+    def sql(statement: str) -> str:
+        return statement if dialect == "sqlite" else pg_params(statement)
+
+    if dialect == "sqlite":
+        conn.execute("BEGIN IMMEDIATE")
+    revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    if revision is None or revision[0] != SCHEMA_REVISION:
+        conn.rollback()
+        return None
+    started = clock()
+    params = {"now": at(started), "horizon": at(started + options.wait_horizon)}
+    if conn.execute(sql(ANY_WORK_SQL), params).fetchone() is not None:
+        conn.rollback()
+        return None
+    host, pid = socket.gethostname(), os.getpid()
+    values = {"host": host, "pid": pid, "started": at(started), "finished": at(clock())}
+    conn.execute(sql(RECORD_IDLE_RUN_SQL), values)
+    conn.commit()
     return RunReport()

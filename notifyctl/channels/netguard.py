@@ -276,7 +276,8 @@ class _Watchdog:
                     target=self._run, name="notifyctl-send-deadline", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][2] is deadline:  # only an earlier deadline needs the thread awake
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:
