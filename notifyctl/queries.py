@@ -252,23 +252,50 @@ def insert_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) ->
         return
     dialect = conn.dialect
     processors = [N.__table__.c[c].type.bind_processor(dialect) for c in NEW_REMINDER_COLUMNS]
+    values = (
+        tuple(
+            value if process is None else process(value)
+            for process, value in zip(
+                processors, (row[c] for c in NEW_REMINDER_COLUMNS), strict=True
+            )
+        )
+        for row in rows
+    )
+    if dialect.name == "postgresql":
+        _copy_rows(conn, N.__tablename__, NEW_REMINDER_COLUMNS, values)
+        return
     marker = "?" if dialect.paramstyle == "qmark" else "%s"
     sql = (
         f"INSERT INTO notifications ({', '.join(NEW_REMINDER_COLUMNS)}) "
         f"VALUES ({', '.join([marker] * len(NEW_REMINDER_COLUMNS))})"
     )
-    conn.exec_driver_sql(
-        sql,
-        [
-            tuple(
-                value if process is None else process(value)
-                for process, value in zip(
-                    processors, (row[c] for c in NEW_REMINDER_COLUMNS), strict=True
-                )
-            )
-            for row in rows
-        ],
-    )
+    conn.exec_driver_sql(sql, list(values))
+
+
+def _copy_rows(
+    conn: Connection, table: str, columns: Sequence[str], values: Iterable[tuple[Any, ...]]
+) -> None:
+    """PostgreSQL: ``COPY table (columns) FROM STDIN`` on the connection's own transaction.
+
+    A driver error comes back as SQLAlchemy's, exactly as from an INSERT, so the
+    caller's error handling (and the transaction's rollback) is the same; it
+    never quotes a row's values.
+    """
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    raw: Any = conn.connection.driver_connection
+    try:
+        with raw.cursor() as cursor, cursor.copy(sql) as copy:
+            for row in values:
+                copy.write_row(row)
+    except psycopg.Error as e:
+        # COPY's error context quotes the refused row (a recipient): keep only the
+        # primary message, as an INSERT's error with hidden parameters would show
+        message = e.diag.message_primary or str(e).splitlines()[0]
+        bare = type(e)(message)
+        raise DBAPIError.instance(sql, None, bare, psycopg.Error, hide_parameters=True) from None
 
 
 REARM_FIELDS = (
