@@ -97,3 +97,26 @@ def test_a_connection_error_during_copy_is_exit_4(
     assert "unavailable" in result.stderr
     assert "1000" not in result.stderr
     assert db.counts(database_url) == (0, 0)
+
+
+def test_booking_data_is_stored_as_by_an_insert(
+    cli: Cli, database_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "data.jsonl"
+    with_data = {
+        "booking_id": "with-data",
+        "starts_at": "2030-01-10T18:00:00+01:00",
+        "ends_at": "2030-01-10T19:30:00+01:00",
+        "to": "100001",
+        "data": {"room": "A", "seats": 3},
+    }
+    without = {**with_data, "booking_id": "without-data", "to": "100002"}
+    del without["data"]
+    path.write_text(json.dumps(with_data) + "\n" + json.dumps(without) + "\n")
+
+    cli.ok("create", "--from-file", str(path))
+
+    assert db.booking(database_url, "with-data")["data"] == {"room": "A", "seats": 3}
+    assert db.booking(database_url, "without-data")["data"] is None
+    with db.connect(database_url) as conn:  # no data is JSON null, never SQL NULL
+        assert conn.scalar(text("SELECT count(*) FROM bookings WHERE data IS NULL")) == 0
