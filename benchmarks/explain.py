@@ -48,6 +48,28 @@ except ImportError:  # pragma: no cover - older layout
     pass
 
 
+def _since(now: datetime) -> datetime:
+    return now - timedelta(hours=24)
+
+
+# ``stats --since 24h`` and ``list --summary``: the window's statements read the window's
+# range of an index, never the whole history (count_by_status is judged like the rest: a
+# full count of every status is a scan, which is what makes ``list --summary`` grow with
+# the history)
+STATS_QUERIES: dict[str, Callable[[Connection, datetime], object]] = {
+    "finished_counts": lambda conn, now: queries.finished_counts(conn, _since(now)),
+    "superseded_counts": lambda conn, now: queries.superseded_counts(conn, _since(now)),
+    "retry_counts": lambda conn, now: queries.retry_counts(conn, _since(now)),
+    "lateness": lambda conn, now: queries.lateness(conn, _since(now)),
+    "lateness_all": lambda conn, now: queries.lateness(conn, _since(now), by_group=False),
+    "oldest_due": lambda conn, now: queries.oldest_due(conn, now),
+    "count_due": lambda conn, now: queries.count_due(conn, now),
+    "count_failed_since": lambda conn, now: queries.count_failed_since(conn, _since(now)),
+    "count_by_status": lambda conn, now: queries.count_by_status(conn),
+}
+ATTEMPTS = "delivery_attempts"
+
+
 def partial_indexes() -> set[str]:
     """Indexes of notifications with a WHERE clause (their size is the live queue)."""
     names: set[str] = set()
@@ -68,12 +90,14 @@ class Plan:
     bad: list[str] = field(default_factory=list)
 
 
-def _aliases(statement: str) -> set[str]:
-    return {TABLE, *re.findall(rf"\b{TABLE} AS (\w+)", statement)}
+def _aliases(statement: str, table: str = TABLE) -> set[str]:
+    return {table, *re.findall(rf"\b{table} AS (\w+)", statement)}
 
 
-def judge_sqlite(statement: str, lines: list[str], partial: set[str]) -> list[str]:
-    names = _aliases(statement)
+def judge_sqlite(
+    statement: str, lines: list[str], partial: set[str], table: str = TABLE
+) -> list[str]:
+    names = _aliases(statement, table)
     bad = []
     for line in lines:
         m = re.match(r"\s*SCAN (\w+)(?: USING (?:COVERING )?INDEX (\w+))?", line)
@@ -82,7 +106,9 @@ def judge_sqlite(statement: str, lines: list[str], partial: set[str]) -> list[st
     return bad
 
 
-def judge_postgresql(statement: str, lines: list[str], partial: set[str]) -> list[str]:
+def judge_postgresql(
+    statement: str, lines: list[str], partial: set[str], table: str = TABLE
+) -> list[str]:
     nodes: list[list[str]] = []
     for line in lines:
         if not nodes or "->" in line:
@@ -92,18 +118,26 @@ def judge_postgresql(statement: str, lines: list[str], partial: set[str]) -> lis
     bad = []
     for node in nodes:
         head = node[0]
-        if re.search(rf"Seq Scan on {TABLE}\b", head):
+        if re.search(rf"Seq Scan on {table}\b", head):
             bad.append(head.strip())
             continue
-        m = re.search(rf"Index (?:Only )?Scan(?: Backward)? using (\w+) on {TABLE}\b", head)
+        m = re.search(rf"Index (?:Only )?Scan(?: Backward)? using (\w+) on {table}\b", head)
         has_cond = any("Index Cond:" in detail for detail in node[1:])
         if m and m.group(1) not in partial and not has_cond:
             bad.append(head.strip())
     return bad
 
 
-def explain_store(url: str, now: datetime | None = None) -> list[Plan]:
-    """Run each query for real (rolled back), then explain what it sent."""
+def explain_store(
+    url: str,
+    now: datetime | None = None,
+    calls: dict[str, Callable[[Connection, datetime], object]] | None = None,
+) -> list[Plan]:
+    """Run each query for real (rolled back), then explain what it sent.
+
+    ``calls``: the queries to explain (default: dispatch's, ``QUERIES``); statements
+    reading ``delivery_attempts`` are judged on it too.
+    """
     now = now or datetime.now(UTC)
     engine = make_engine(url, create_file=False)
     partial = partial_indexes()
@@ -111,7 +145,7 @@ def explain_store(url: str, now: datetime | None = None) -> list[Plan]:
     try:
         with engine.connect() as conn:
             dialect = conn.dialect.name
-            for name, call in QUERIES.items():
+            for name, call in (QUERIES if calls is None else calls).items():
                 captured: list[tuple[str, Any]] = []
 
                 def capture(
@@ -133,16 +167,18 @@ def explain_store(url: str, now: datetime | None = None) -> list[Plan]:
                     event.remove(conn, "before_cursor_execute", capture)
                 try:
                     for statement, parameters in captured:
-                        if TABLE not in statement:
+                        tables = [t for t in (TABLE, ATTEMPTS) if t in statement]
+                        if not tables:
                             continue
                         prefix = "EXPLAIN QUERY PLAN " if dialect == "sqlite" else "EXPLAIN "
                         rows = conn.exec_driver_sql(prefix + statement, parameters).all()
                         if dialect == "sqlite":
                             lines = [str(r[-1]) for r in rows]
-                            bad = judge_sqlite(statement, lines, partial)
+                            judge = judge_sqlite
                         else:
                             lines = [str(r[0]) for r in rows]
-                            bad = judge_postgresql(statement, lines, partial)
+                            judge = judge_postgresql
+                        bad = [b for t in tables for b in judge(statement, lines, partial, t)]
                         plans.append(Plan(name, " ".join(statement.split()), lines, bad))
                 finally:
                     trans.rollback()

@@ -1,15 +1,16 @@
-"""The create floor: the rows of ``create --from-file``, written by a raw executemany.
+"""The create floor: the rows of ``create --from-file``, written by executemany / COPY.
 
     python benchmarks/floor_insert.py DATABASE_URL FILE.jsonl
 
 Reads the JSON Lines file the runner generated (one booking per line, a
 numeric Telegram chat id in ``to``, no ``remind``: the four default kinds,
 all in the future), and writes the same rows as notifyctl, with the same
-columns and values, in one transaction with plain ``sqlite3`` / ``psycopg``:
+columns and values, in one transaction with plain ``sqlite3`` / ``psycopg``
+(SPEC §9: executemany on SQLite, COPY on PostgreSQL):
 
-    executemany INSERT INTO bookings (...)        -- one row per line
+    executemany INSERT INTO bookings (...)        -- one row per line (PG: COPY)
     SELECT external_id, id FROM bookings          -- the new ids (the store was empty)
-    executemany INSERT INTO notifications (...)   -- four rows per booking
+    executemany INSERT INTO notifications (...)   -- four rows per booking (PG: COPY)
 
 No validation, no upsert lookups, no per-booking report. It prints
 ``{"bookings": N, "notifications": N, "seconds": S}``.
@@ -107,13 +108,20 @@ def write_postgresql(url: str, records: list[dict[str, Any]]) -> int:
     import psycopg
 
     bookings, reminders = rows(records, datetime.now(UTC), naive=False)
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
-        cur.executemany(BOOKING_SQL.format(",".join(["%s"] * 10)), bookings)
+    with psycopg.connect(url) as conn, conn.cursor() as cur:  # one transaction
+        with cur.copy(_copy_sql(BOOKING_SQL)) as copy:
+            for row in bookings:
+                copy.write_row(row)
         ids: dict[str, int] = dict(cur.execute("SELECT external_id, id FROM bookings").fetchall())
-        cur.executemany(
-            NOTIFICATION_SQL.format(",".join(["%s"] * 11)), [(ids[b], *n) for b, n in reminders]
-        )
+        with cur.copy(_copy_sql(NOTIFICATION_SQL)) as copy:
+            for b, n in reminders:
+                copy.write_row((ids[b], *n))
     return len(reminders)
+
+
+def _copy_sql(insert: str) -> str:
+    """``INSERT INTO t (cols) VALUES ({})`` -> ``COPY t (cols) FROM STDIN``."""
+    return insert.replace("INSERT INTO", "COPY").replace(" VALUES ({})", " FROM STDIN")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import floor_import
-from explain import explain_store, format_plans
+from explain import STATS_QUERIES, explain_store, format_plans
 from harness import (
     BENCH_DIR,
     BOT_TOKEN,
@@ -58,7 +58,7 @@ from harness import (
 )
 from stores import Fill, fill
 
-FIGURES = ("throughput", "provider", "idle", "create", "memory", "lateness")
+FIGURES = ("throughput", "provider", "idle", "create", "memory", "lateness", "stats")
 MAX_RATE_LIMIT = "10000"  # DispatchOptions accepts at most 10 000 msg/s
 
 
@@ -198,14 +198,19 @@ class Sizes:
     memory_small: int
     memory_big: int
     memory_seconds: int  # --max-seconds of the memory runs: a few batches, not the lot
+    stats_inside: int  # finished reminders inside the 24 h window (all of the store)
+    stats_outside: int  # finished reminders before it (plus stats_window inside)
+    stats_window: int = 10_000
 
     @staticmethod
     def for_mode(quick: bool) -> Sizes:
         if quick:
-            return Sizes(500, 50, 1_000, 10_000, 2, 2_000, 1_000, 20_000, 1)
+            return Sizes(500, 50, 1_000, 10_000, 2, 2_000, 1_000, 20_000, 1, 20_000, 50_000, 2_000)
         # memory: 20 s, as a loaded machine needed more than 5 s before the first claim
         # on SQLite's 1M due rows (a run that sent nothing is a crash, not a figure)
-        return Sizes(10_000, 600, 10_000, 1_000_000, 5, 100_000, 1_000, 1_000_000, 20)
+        return Sizes(
+            10_000, 600, 10_000, 1_000_000, 5, 100_000, 1_000, 1_000_000, 20, 1_000_000, 10_000_000
+        )
 
 
 @dataclass
@@ -565,6 +570,83 @@ def fig_create(ctx: Context, stores: Stores) -> list[Result]:
     return [result]
 
 
+# --- figure 7: stats and list --summary on a big history ---------------------------------
+
+
+STATS_COMMANDS = {
+    "stats": ["stats", "--since", "24h"],
+    "summary": ["list", "--summary"],
+}
+
+
+def fig_stats(ctx: Context, stores: Stores) -> list[Result]:
+    """``stats --since 24h`` and ``list --summary`` wall time (the whole process).
+
+    Two stores: every reminder finished inside the window (``inside``), and a long
+    history before it with a small window (``outside``). Each finished reminder has
+    its delivery attempts (1 in 19 an earlier retry), as dispatch leaves them. The
+    EXPLAIN check is judged on ``outside``, where the window is a small part of the
+    table (with all of it inside, reading the whole table is the right plan).
+    """
+    sz = ctx.sizes
+    fills = {
+        "inside": [Fill("recent", sz.stats_inside)],
+        "outside": [
+            Fill("sent", sz.stats_outside),
+            Fill("recent", sz.stats_window, first_booking=sz.stats_outside // 4 + 1),
+        ],
+    }
+    built: dict[str, Store] = {}
+    results: list[Result] = []
+    try:
+        for label, fill_list in fills.items():
+            store = stores.empty(f"stats_{label}")
+            built[label] = store
+            t0 = time.perf_counter()
+            fill(store, fill_list)
+            ctx.log(f"  {stores.dialect} stats store {label} filled in {_s(t0)}")
+        explain_result = Result(
+            "stats",
+            f"stats: EXPLAIN at {sz.stats_outside} rows + {sz.stats_window} in 24 h, scans",
+            stores.dialect,
+            "count",
+            Target("max==", 0),
+        )
+        scans: list[str] = []
+        for label, store in built.items():
+            plans = explain_store(store.url, calls=STATS_QUERIES)
+            print(format_plans(f"\nEXPLAIN stats ({stores.dialect}, {label}):", plans))
+            if label == "outside":
+                scans += [f"{p.query}: {line}" for p in plans for line in p.bad]
+            explain_result.details[f"plans_{label}"] = [asdict(p) for p in plans]
+        explain_result.notifyctl.append(float(len(scans)))
+        explain_result.details["scans"] = scans
+        for label, store in built.items():
+            env = base_env(NOTIFYCTL_DATABASE_URL=store.url)
+            for what, cli in STATS_COMMANDS.items():
+                n = sz.stats_inside if label == "inside" else sz.stats_outside
+                where = "inside" if label == "inside" else "before"
+                result = Result(
+                    "stats",
+                    f"{' '.join(cli)}, {n} finished {where} 24 h",
+                    stores.dialect,
+                    "s",
+                    Target("median<=", 1.0),
+                )
+                args = [ctx.python, "-m", "notifyctl", *cli]
+                run_timed(args, env=env, cwd=ctx.workdir, timeout=600).check(what)  # warm up
+                for rep in range(ctx.repeat):
+                    timed = run_timed(args, env=env, cwd=ctx.workdir, timeout=600).check(what)
+                    result.notifyctl.append(timed.wall)
+                    ctx.log(f"  {stores.dialect} {what} {label} rep {rep + 1}: {timed.wall:.2f} s")
+                results.append(result)
+        results.append(explain_result)
+    finally:
+        for store in built.values():
+            stores.drop(store)
+    return results
+
+
 # --- figure 5: memory -------------------------------------------------------------------
 
 
@@ -690,6 +772,7 @@ FIGURE_FUNCS: dict[str, Callable[[Context, Stores], list[Result]]] = {
     "idle": fig_idle,
     "create": fig_create,
     "memory": fig_memory,
+    "stats": fig_stats,
 }
 
 

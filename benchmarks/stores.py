@@ -5,6 +5,8 @@ same rows, into the tables and indexes that ``notifyctl migrate`` created:
 
 - ``sent``: finished history. Each booking (in the past) has the four default
   kinds to one chat, all ``sent`` (attempts 1, a provider message id).
+- ``recent``: like ``sent`` but every reminder finished within the last 24 h
+  (bookings started 1-24 h ago; 1 in 50 ``failed``, the rest ``sent`` 0-59 s late).
 - ``future``: pending reminders of bookings 3+ days ahead: nothing is due.
 - ``due``: pending ``hour_before`` reminders due 10-15 minutes ago, still
   useful for 45+ minutes; each booking has ``per_booking`` reminders, each to
@@ -23,7 +25,7 @@ from typing import Literal
 
 from harness import Store
 
-Mode = Literal["sent", "future", "due"]
+Mode = Literal["sent", "recent", "future", "due"]
 KINDS = ("day_before", "hour_before", "at_start", "before_end")
 CHAT_BASE = 1_000_000_000
 BOOKING_LENGTH = 3600  # seconds
@@ -47,8 +49,10 @@ class Fill:
 
 def _start(mode: Mode) -> str:
     """Booking start, in seconds from now, for booking number ``i``."""
-    if mode == "sent":  # one a minute, all ended more than a day ago
-        return "(i * 60 - 300 * 86400)"
+    if mode == "sent":  # one every 5 s, all ended more than a day ago (10M rows: 145 days)
+        return "(i * 5 - 200 * 86400)"
+    if mode == "recent":  # started 1-24 h ago: every reminder finished inside 24 h
+        return "(-3600 - i % 82800)"
     if mode == "future":
         return "(i * 60 + 3 * 86400)"
     return "(3000 - i % 300)"  # due: started within the hour, so hour_before is due
@@ -63,8 +67,11 @@ def _slots(fill: Fill) -> list[tuple[int, str, int]]:
     return [(j, KINDS[j], 0) for j in range(fill.per_booking)]
 
 
-def _columns(fill: Fill, t: str) -> tuple[str, str]:
-    """(booking SELECT list, notification SELECT list); ``t`` formats seconds-from-now."""
+def _columns(fill: Fill, t: str, mod: str = "%") -> tuple[str, str]:
+    """(booking SELECT list, notification SELECT list); ``t`` formats seconds-from-now.
+
+    ``mod`` is the modulo operator as the driver needs it written (psycopg: ``%%``).
+    """
     start = "s.start_s"
     end = f"(s.start_s + {BOOKING_LENGTH})"
     scheduled = (
@@ -73,13 +80,26 @@ def _columns(fill: Fill, t: str) -> tuple[str, str]:
         f"ELSE {end} - 300 END"
     )
     not_after = f"CASE WHEN k.kind IN ('day_before', 'hour_before') THEN {start} ELSE {end} END"
-    created = f"{start} - 7 * 86400" if fill.mode == "sent" else "-3600"
+    created = f"{start} - 7 * 86400" if fill.mode in ("sent", "recent") else "-3600"
     booking = (
         "s.i, 'bench-' || s.i, 'Bench booking ' || s.i, "
         f"{t.format(start)}, {t.format(end)}, 'Europe/Berlin', NULL, 'null', 'active', "
         f"{t.format(created)}, {t.format(created)}"
     )
     chat = f"CAST({CHAT_BASE} + s.i * 10 + k.r AS TEXT)"
+    if fill.mode == "recent":  # sent within the last 24 h, 0-59 s late; 1 in 50 failed
+        sent = f"(-60 - (s.i * 7 + k.j) {mod} 82800)"
+        late = f"({sent} - (s.i + k.j) {mod} 60)"
+        failed = f"(s.i + k.j) {mod} 50 = 0"
+        status = (
+            f"CASE WHEN {failed} THEN 'failed' ELSE 'sent' END, 1, NULL, NULL, "
+            f"NULL, CASE WHEN {failed} THEN NULL ELSE {t.format(sent)} END, "
+            f"CAST(s.i * 10 + k.j AS TEXT), {t.format(created)}, {t.format(sent)}"
+        )
+        return booking, (
+            f"s.i, k.kind, 'telegram', {chat}, {t.format(late)}, {t.format(not_after)}, "
+            f"{t.format(late)}, {status}"
+        )
     if fill.mode == "sent":
         status = (
             f"'sent', 1, NULL, NULL, NULL, {t.format(scheduled)}, "
@@ -105,6 +125,31 @@ NOTIFICATION_COLUMNS = (
     "attempts, last_error, lease_token, lease_expires_at, sent_at, provider_message_id, "
     "created_at, updated_at"
 )
+
+
+ATTEMPT_COLUMNS = "notification_id, started_at, finished_at, outcome, http_status, uncertain"
+
+
+def attempts_sql(fill: Fill, mod: str = "%", seconds: str = "{} - 30") -> list[str]:
+    """``recent`` history: each reminder's final attempt, and for 1 in 19 an earlier retry.
+
+    ``seconds`` shifts a time by a number of seconds on the dialect (``{}`` is the time).
+    """
+    if fill.mode != "recent":
+        return []
+    ids = (
+        f"FROM notifications WHERE booking_id BETWEEN {fill.first_booking} AND {fill.last_booking}"
+    )
+    final = (
+        f"INSERT INTO delivery_attempts ({ATTEMPT_COLUMNS}) SELECT id, updated_at, updated_at, "
+        "status, CASE status WHEN 'sent' THEN 200 ELSE 400 END, false " + ids
+    )
+    earlier = seconds.format("updated_at")
+    retry = (
+        f"INSERT INTO delivery_attempts ({ATTEMPT_COLUMNS}) SELECT id, {earlier}, {earlier}, "
+        f"'retried', 502, false {ids} AND id {mod} 19 = 0"
+    )
+    return [retry, final]
 
 
 def _slot_values(fill: Fill) -> str:
@@ -140,6 +185,9 @@ def fill_sqlite(store: Store, fills: list[Fill], now: datetime | None = None) ->
                 f"SELECT {notification} FROM s CROSS JOIN k ORDER BY s.i, k.j",
                 params,
             )
+            shift = "strftime('%Y-%m-%d %H:%M:%S', {}, '-30 seconds') || '.000000'"
+            for sql in attempts_sql(fill, "%", shift):
+                conn.execute(sql)
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -151,7 +199,7 @@ def fill_postgresql(store: Store, fills: list[Fill], now: datetime | None = None
     t = "(%(now)s::timestamptz + ({}) * interval '1 second')"
     with store.connect_pg() as conn:
         for fill in fills:
-            booking, notification = _columns(fill, t)
+            booking, notification = _columns(fill, t, "%%")
             seq = (
                 f"WITH s(i, start_s) AS (SELECT i, {_start(fill.mode).replace('%', '%%')} "
                 "FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i)"
@@ -166,6 +214,8 @@ def fill_postgresql(store: Store, fills: list[Fill], now: datetime | None = None
                 f"SELECT {notification} FROM s CROSS JOIN k ORDER BY s.i, k.j",
                 params,
             )
+            for sql in attempts_sql(fill, "%", "{} - interval '30 seconds'"):
+                conn.execute(sql)
         conn.execute(
             "SELECT setval(pg_get_serial_sequence('bookings', 'id'), "
             "(SELECT coalesce(max(id), 1) FROM bookings))"

@@ -9,6 +9,7 @@ whether they won.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     Connection,
     Float,
@@ -217,8 +219,53 @@ def insert_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list
     """Insert bookings; their new ids, in the order given."""
     if not rows:
         return []
+    if conn.dialect.name == "postgresql":
+        copied = _copy_bookings(conn, rows)
+        if copied is not None:
+            return copied
     result = conn.execute(insert(B).returning(B.id, sort_by_parameter_order=True), list(rows))
     return [r.id for r in result]
+
+
+def _copy_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int] | None:
+    """PostgreSQL: the ids drawn from the sequence in order, the rows written by COPY.
+
+    The columns are those of the first row, plus the model's scalar defaults for the
+    others (what ``insert(B)`` would add); None when another kind of default is
+    missing, and the caller inserts as usual.
+    """
+    table = B.__table__
+    given = [c for c in rows[0] if c != "id"]
+    defaults: dict[str, Any] = {}
+    for column in table.columns:
+        if column.name == "id" or column.name in given or column.default is None:
+            continue
+        if not column.default.is_scalar:
+            return None
+        defaults[column.name] = column.default.arg
+    columns = ["id", *given, *defaults]
+    drawn = conn.exec_driver_sql(
+        "SELECT nextval(pg_get_serial_sequence('bookings', 'id')) FROM generate_series(1, %(n)s)",
+        {"n": len(rows)},
+    )
+    ids = sorted(int(i) for i in drawn.scalars())
+    dialect = conn.dialect
+    processors = [_copy_processor(table.c[c].type, dialect) for c in columns[1:]]
+    extra = tuple(defaults.values())
+    values = (
+        (
+            booking_id,
+            *(
+                value if process is None else process(value)
+                for process, value in zip(
+                    processors, (*(row[c] for c in given), *extra), strict=True
+                )
+            ),
+        )
+        for booking_id, row in zip(ids, rows, strict=True)
+    )
+    _copy_rows(conn, B.__tablename__, columns, values)
+    return ids
 
 
 BOOKING_FIELDS = (
@@ -268,23 +315,63 @@ def insert_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) ->
         return
     dialect = conn.dialect
     processors = [N.__table__.c[c].type.bind_processor(dialect) for c in NEW_REMINDER_COLUMNS]
+    values = (
+        tuple(
+            value if process is None else process(value)
+            for process, value in zip(
+                processors, (row[c] for c in NEW_REMINDER_COLUMNS), strict=True
+            )
+        )
+        for row in rows
+    )
+    if dialect.name == "postgresql":
+        _copy_rows(conn, N.__tablename__, NEW_REMINDER_COLUMNS, values)
+        return
     marker = "?" if dialect.paramstyle == "qmark" else "%s"
     sql = (
         f"INSERT INTO notifications ({', '.join(NEW_REMINDER_COLUMNS)}) "
         f"VALUES ({', '.join([marker] * len(NEW_REMINDER_COLUMNS))})"
     )
-    conn.exec_driver_sql(
-        sql,
-        [
-            tuple(
-                value if process is None else process(value)
-                for process, value in zip(
-                    processors, (row[c] for c in NEW_REMINDER_COLUMNS), strict=True
-                )
-            )
-            for row in rows
-        ],
-    )
+    conn.exec_driver_sql(sql, list(values))
+
+
+def _copy_processor(type_: Any, dialect: Any) -> Any:
+    """A column's bind processor for COPY: JSON as its text, None as JSON ``null``.
+
+    (An INSERT lets the driver adapt JSON values and writes None as ``null``
+    unless the type says ``none_as_null``; COPY takes the text.)
+    """
+    if isinstance(type_, JSON):
+        dumps = getattr(dialect, "_json_serializer", None) or json.dumps
+        keep_null = type_.none_as_null
+        return lambda value: None if value is None and keep_null else dumps(value)
+    return type_.bind_processor(dialect)
+
+
+def _copy_rows(
+    conn: Connection, table: str, columns: Sequence[str], values: Iterable[tuple[Any, ...]]
+) -> None:
+    """PostgreSQL: ``COPY table (columns) FROM STDIN`` on the connection's own transaction.
+
+    A driver error comes back as SQLAlchemy's, exactly as from an INSERT, so the
+    caller's error handling (and the transaction's rollback) is the same; it
+    never quotes a row's values.
+    """
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    raw: Any = conn.connection.driver_connection
+    try:
+        with raw.cursor() as cursor, cursor.copy(sql) as copy:
+            for row in values:
+                copy.write_row(row)
+    except psycopg.Error as e:
+        # COPY's error context quotes the refused row (a recipient): keep only the
+        # primary message, as an INSERT's error with hidden parameters would show
+        message = e.diag.message_primary or str(e).splitlines()[0]
+        bare = type(e)(message)
+        raise DBAPIError.instance(sql, None, bare, psycopg.Error, hide_parameters=True) from None
 
 
 def insert_notices(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
