@@ -7,7 +7,9 @@ NOTIFYCTL_DATABASE_URL / DATABASE_URL or the default SQLite file.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from alembic import context
 from sqlalchemy import Connection
@@ -46,8 +48,27 @@ def run_offline() -> None:
 
 def _run_with(connection: Connection) -> None:
     _configure(connection=connection)
-    with context.begin_transaction():
+    with _foreign_keys_off(connection), context.begin_transaction():
         context.run_migrations()
+
+
+@contextlib.contextmanager
+def _foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """SQLite changes a constraint by copying a table and dropping the old one: with
+    foreign keys on, the drop would delete every row that references it (the history).
+
+    The switch only works outside a transaction, hence the driver's own connection.
+    """
+    if connection.dialect.name != "sqlite" or connection.in_transaction():
+        yield
+        return
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys = ON")
 
 
 def run_online() -> None:

@@ -457,10 +457,12 @@ def create(
         added = sum(r.added for r in results)
         skipped = sum(len(r.skipped) for r in results)
         queued = sum(r.notices for r in results)
+        suppressed = sum(len(r.suppressed) for r in results)
         counts = ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))
         output.line(
             f"{len(results)} bookings: {counts}; {added} reminders added, {skipped} skipped"
             + (f", {queued} change notice(s) queued" if queued else "")
+            + (f", {suppressed} suppressed recipient(s) left out" if suppressed else "")
         )
         return
     for r in results:
@@ -469,6 +471,10 @@ def create(
             output.line(inert(f"  time zone {r.timezone} (none given: --timezone sets it)"))
         for s in r.skipped:
             output.line(inert(f"  skipped {s.kind} for {s.channel}:{s.recipient}: {s.reason}"))
+        for who in r.suppressed:
+            output.line(
+                inert(f"  suppressed {who}: nothing armed (notifyctl recipients unsuppress)")
+            )
 
 
 def _counts_text(result: BookingResult) -> str:
@@ -483,6 +489,7 @@ def _counts_text(result: BookingResult) -> str:
             (len(result.skipped), "skipped"),
             (result.notices, "change notice(s) queued"),
             (result.notices_withdrawn, "change notice(s) withdrawn"),
+            (len(result.suppressed), "recipient(s) suppressed"),
         )
         if n
     ]
@@ -718,12 +725,19 @@ def _list_row(row: dict[str, Any], zone: tzinfo, now: datetime) -> dict[str, Any
         "id": row["id"],
         "booking": row["booking_id"],
         "kind": row["kind"],
-        "recipient": f"{row['channel']}:{row['recipient']}",
+        "recipient": _in_use(row),
         "status": row["status"],
         "due": f"{local_text(due, zone, now)} ({relative_time(due, now)})" if due else "",
         "tries": row["attempts"],
         "error": error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…",
     }
+
+
+def _in_use(row: dict[str, Any]) -> str:
+    """The alternative in use, and where it stands in its chain when there is one."""
+    shown = f"{row['channel']}:{row['recipient']}"
+    length = row["route"].count("|") + 1
+    return shown if length == 1 else f"{shown} ({row['alternative']} of {length})"
 
 
 def _statuses(values: list[str] | None) -> tuple[str, ...]:
@@ -992,6 +1006,72 @@ def _configure_logging(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+# --- recipients -------------------------------------------------------------------------
+
+recipients_app = typer.Typer(
+    cls=NotifyctlGroup,
+    help="Recipients and their health: who is suppressed, and why (SPEC §11).",
+    invoke_without_command=True,
+    rich_markup_mode=None,
+)
+app.add_typer(recipients_app, name="recipients")
+
+
+@recipients_app.callback()
+def recipients(
+    ctx: typer.Context,
+    suppressed: Annotated[bool, typer.Option(help="Only the suppressed ones.")] = False,
+    fmt: Annotated[ListFormat, typer.Option("--format", help="Output format.")] = ListFormat.table,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List recipients with their state (active or suppressed), reason and since.
+
+    A recipient is suppressed when its provider said it takes no more messages
+    (Telegram: bot blocked, user deactivated, bot kicked, chat not found; email:
+    550/551/553 for the mailbox; webhook: 410 Gone). Nothing is sent to it, and
+    create arms nothing for it, until `notifyctl recipients unsuppress`.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from .service import RECIPIENT_FIELDS, list_recipients
+
+    with _store(database_url, read_only=True) as store:
+        rows = list_recipients(store, suppressed_only=suppressed)
+    output = _output()
+    if fmt == ListFormat.json:
+        render_json_rows(iter(rows), output.stdout)
+    elif fmt == ListFormat.csv:
+        render_csv(rows, RECIPIENT_FIELDS, output.stdout)
+    else:
+        render_table(rows, RECIPIENT_FIELDS, output, cut={"recipient": 6, "detail": 6})
+
+
+@recipients_app.command("unsuppress")
+def unsuppress(
+    recipients: Annotated[
+        list[str], typer.Argument(help="Recipients, written as --to takes them.")
+    ],
+    missing_ok: Annotated[bool, typer.Option(help="Unknown recipients are not an error.")] = False,
+    json_out: JsonFlag = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Make suppressed recipients active again: the next create arms their reminders."""
+    from .service import unsuppress as unsuppress_use_case
+
+    with _store(database_url) as store:
+        result = unsuppress_use_case(store, recipients, missing_ok=missing_ok)
+    output = _output()
+    if json_out:
+        output.line(render_json(result.as_dict()))
+        return
+    for who in result.unsuppressed:
+        output.line(inert(f"unsuppressed {who}"))
+    for who in result.already_active:
+        output.line(inert(f"already active {who}"))
+    for who in result.missing:
+        output.line(inert(f"unknown {who} (ignored)"))
 
 
 # --- templates ----------------------------------------------------------------------

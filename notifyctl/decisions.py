@@ -8,11 +8,13 @@ constructors and applied by the run's one fenced writer.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Container
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from .channels.base import Delivery, SendResult
 from .models import Reason, Status
+from .routes import Address, alternatives, first_available
 from .runs import BACKOFF_CAP, Action, DispatchOptions
 
 JITTER = 0.2
@@ -43,6 +45,8 @@ class Outcome:
     reason: Reason | None = None
     give_back_attempt: bool = False
     moved_to: str | None = None
+    suppress: bool = False  # the recipient is gone: suppress it (SPEC §11)
+    next_alternative: tuple[int, Address] | None = None  # a fallback's (position, address)
 
     @classmethod
     def sent(cls) -> Outcome:
@@ -81,6 +85,34 @@ class Outcome:
     @classmethod
     def expired(cls, error: str, reason: Reason = Reason.TOO_LATE) -> Outcome:
         return cls(Status.EXPIRED, Action.EXPIRED, error=error, reason=reason)
+
+    @classmethod
+    def fallback(cls, now: datetime, left: Outcome, to: tuple[int, Address]) -> Outcome:
+        """Leave this alternative of the chain (as ``left`` says why) for ``to``, at once."""
+        return cls(
+            Status.PENDING,
+            Action.FALLBACK,
+            due_at=now,
+            error=left.error,
+            reason=left.reason,
+            suppress=left.suppress,
+            next_alternative=to,
+        )
+
+
+def along_chain(
+    outcome: Outcome, route: str, alternative: int, suppressed: Container[Address], now: datetime
+) -> Outcome:
+    """A reminder that failed or expired on one alternative of its chain tries the next
+    one that is not suppressed, at once (SPEC §11); otherwise ``outcome`` stands."""
+    if outcome.status not in (Status.FAILED, Status.EXPIRED) or outcome.reason in NOT_ALONG:
+        return outcome
+    found = first_available(alternatives(route), suppressed, alternative + 1)
+    return outcome if found is None else Outcome.fallback(now, outcome, found)
+
+
+#: outcomes that end a reminder whatever alternative it is on
+NOT_ALONG = (Reason.TEMPLATE, Reason.UNKNOWN_CHANNEL, Reason.SUPERSEDED)
 
 
 def decide_retry(
@@ -122,4 +154,6 @@ def decide(
         return decide_retry(attempts, now, not_after, options, rng, result.error)
     if result.delivery is Delivery.BAD_CREDENTIALS:
         return Outcome.released(action=Action.BAD_CREDENTIALS)
+    if result.delivery is Delivery.GONE:
+        return replace(Outcome.failed(result.error, Reason.RECIPIENT_GONE), suppress=True)
     return Outcome.failed(result.error)

@@ -26,7 +26,7 @@ from typing import Any, TextIO, TypeVar
 
 from sqlalchemy import Connection
 
-from . import queries
+from . import health, queries
 from .channels import (
     CHANNELS,
     chat_key,
@@ -38,12 +38,14 @@ from .channels import (
 from .channels.base import Channel, ChannelContext, Delivery, Editor, SendResult
 from .config import Settings, redact
 from .db import Store
-from .decisions import Outcome, decide
+from .decisions import Outcome, along_chain, decide
 from .errors import ConfigError, DatabaseError, ExitCode
+from .health import Moved
 from .message import build_message, load_templates
 from .models import Reason, Status
 from .pacing import Allowance, Pacer, Patiently
 from .queries import BookingRow
+from .routes import alternatives, has_next, route_text, shown_address
 from .runs import Action, DispatchOptions, RunReport
 
 __all__ = ["DispatchOptions", "Dispatcher", "RunReport"]
@@ -72,6 +74,8 @@ class Claim:
     lease_expires: datetime  # the last moment this run may record anything for it
     previous_starts_at: datetime | None = None  # a change notice's "was" (None: a reminder)
     previous_ends_at: datetime | None = None
+    route: str = ""  # its chain of alternatives (routes.py): channel:recipient for one
+    alternative: int = 0  # the position of channel:recipient in it
 
 
 @dataclass(frozen=True)
@@ -181,13 +185,17 @@ class Dispatcher:
     def _maintain(self, report: RunReport) -> None:
         now = self.clock()
         with self.store.transaction() as conn:
-            report.expired += queries.expire_useless(conn, now)
-            report.expired += queries.expire_superseded(conn, now)
+            run_id = queries.start_run(conn, socket.gethostname(), os.getpid(), now)
+            expired = queries.expire_useless(conn, now) + queries.expire_superseded(conn, now)
             rescued = queries.rescue_expired_leases(conn, now, self.options.max_attempts)
-            report.rescued += len(rescued.requeued)
-            report.failed += len(rescued.failed)
+            spent = health.fall_back_spent(conn, rescued.spent_chains, now, run_id)
             due_senders = queries.due_senders(conn, now)
-            report.run_id = queries.start_run(conn, socket.gethostname(), os.getpid(), now)
+        report.run_id = run_id
+        report.expired += expired
+        report.rescued += len(rescued.requeued) - spent.ended
+        report.failed += len(rescued.failed) + spent.ended
+        for channel in spent.fallbacks:
+            report.count(Action.FALLBACK, channel)
         for name in due_senders:
             self._check_sender(name)
 
@@ -297,6 +305,8 @@ class Dispatcher:
                     now + lease,
                     row.previous_starts_at,
                     row.previous_ends_at,
+                    row.route,
+                    row.alternative,
                 )
                 for row in rows
             ]
@@ -592,30 +602,38 @@ class Dispatcher:
         The one writer of a claim's fate. Every write is fenced by its own lease
         token (``queries.record_outcomes``), so a run that lost its lease (to a
         rescuer, a reschedule or a cancel) writes nothing over the newer owner;
-        the attempts it made still go to the history.
+        the attempts it made still go to the history. A recipient that is gone
+        is suppressed here, whoever holds the lease: the provider said so.
         """
         now = self.clock()
-        decided: list[tuple[Claim, Outcome, SendResult | None]] = []
-        attempts: list[dict[str, Any]] = []
+        decided: list[Decided] = []
         for item in group:
             if isinstance(item, NotSent):
                 decided.append((item.claim, item.outcome, None))
                 continue
             claim, result = item.claim, item.result
             outcome = decide(result, claim.attempts, now, claim.not_after, self.options, self.rng)
-            decided.append((claim, outcome, result))
-            attempts.append(_attempt_row(item, report.run_id, outcome.action))
+            decided.append((claim, outcome, item))
         deadline = min(claim.lease_expires for claim, _, _ in decided)
 
-        def write() -> set[int]:
+        def write() -> tuple[list[Decided], set[int], Moved]:
             with self.store.transaction() as conn:
-                won = _apply_outcomes(conn, decided, now)
+                elsewhere = _suppress_gone(conn, decided, now, report.run_id)
+                final = _along_chains(conn, decided, now)
+                won = _apply_outcomes(conn, final, now)
+                attempts = [
+                    _attempt_row(sent, report.run_id, outcome)
+                    for _, outcome, sent in final
+                    if sent is not None
+                ]
                 queries.insert_attempts(conn, attempts)
-            return won
+            return final, won, elsewhere
 
-        won = self._patiently(write, deadline)
-        for claim, outcome, _ in decided:
+        final, won, elsewhere = self._patiently(write, deadline)
+        for claim, outcome, _ in final:
             self._report(claim, outcome, claim.id in won, report)
+        for channel in elsewhere.fallbacks:
+            report.count(Action.FALLBACK, channel)
 
     @staticmethod
     def _report(claim: Claim, outcome: Outcome, won: bool, report: RunReport) -> None:
@@ -673,18 +691,51 @@ def _superseded(claim: Claim) -> NotSent:
     return NotSent(claim, Outcome.expired(error, Reason.SUPERSEDED))
 
 
-def _apply_outcomes(
-    conn: Connection, decided: list[tuple[Claim, Outcome, SendResult | None]], now: datetime
-) -> set[int]:
+Decided = tuple["Claim", Outcome, "Attempted | None"]
+
+
+def _suppress_gone(
+    conn: Connection, decided: list[Decided], now: datetime, run_id: int | None
+) -> Moved:
+    """Suppress each recipient an answer called gone; its other reminders move on or end."""
+    moved = Moved()
+    for claim, outcome, _ in decided:
+        if outcome.suppress:
+            detail = redact(outcome.error or "gone")
+            done = health.suppress(conn, (claim.channel, claim.recipient), detail, now, run_id)
+            moved.fallbacks += done.fallbacks
+            moved.ended += done.ended
+    return moved
+
+
+def _along_chains(conn: Connection, decided: list[Decided], now: datetime) -> list[Decided]:
+    """A send that failed or expired on a chain tries its next alternative (SPEC §11)."""
+    chains = [
+        claim.route
+        for claim, _, sent in decided
+        if sent is not None and has_next(claim.route, claim.alternative)
+    ]
+    if not chains:
+        return decided
+    suppressed = health.suppressed_for(conn, chains)
+    return [
+        (claim, along_chain(outcome, claim.route, claim.alternative, suppressed, now), sent)
+        if sent is not None
+        else (claim, outcome, sent)
+        for claim, outcome, sent in decided
+    ]
+
+
+def _apply_outcomes(conn: Connection, decided: list[Decided], now: datetime) -> set[int]:
     """Write each outcome where its lease still holds; the ids that won."""
     writes = [
         queries.FencedWrite(
             claim.id,
             claim.lease_token,
-            _outcome_values(outcome, result, now),
+            _outcome_values(claim, outcome, sent.result if sent else None, now),
             outcome.give_back_attempt,
         )
-        for claim, outcome, result in decided
+        for claim, outcome, sent in decided
         if outcome.moved_to is None
     ]
     won = queries.record_outcomes(conn, writes)
@@ -697,15 +748,17 @@ def _apply_outcomes(
 def _move(conn: Connection, claim: Claim, outcome: Outcome, now: datetime) -> bool:
     """The chat moved (Telegram group → supergroup): follow it, with its other reminders."""
     assert outcome.moved_to is not None
-    values = _outcome_values(outcome, None, now)
-    if queries.recipient_taken(conn, claim.id, outcome.moved_to):
+    values = _outcome_values(claim, outcome, None, now)
+    route = list(alternatives(claim.route))
+    route[claim.alternative] = (claim.channel, outcome.moved_to)
+    if queries.route_taken(conn, claim.id, route_text(tuple(route))):
         values.update(
             status=Status.CANCELLED,
             reason=Reason.DUPLICATE,
             last_error=f"duplicate: chat moved to {outcome.moved_to}",
         )
     else:
-        values["recipient"] = outcome.moved_to
+        values.update(recipient=outcome.moved_to, route=route_text(tuple(route)))
     won = queries.record_outcome(conn, claim.id, claim.lease_token, values, give_back_attempt=True)
     if won:
         queries.retarget_recipient(conn, claim.channel, claim.recipient, outcome.moved_to, now)
@@ -713,8 +766,13 @@ def _move(conn: Connection, claim: Claim, outcome: Outcome, now: datetime) -> bo
     return won
 
 
-def _outcome_values(outcome: Outcome, result: SendResult | None, now: datetime) -> dict[str, Any]:
+def _outcome_values(
+    claim: Claim, outcome: Outcome, result: SendResult | None, now: datetime
+) -> dict[str, Any]:
     """The columns one outcome writes (a release touches nothing but its lease)."""
+    if outcome.next_alternative is not None:
+        why = f"{outcome.reason}: {outcome.error}"
+        return health.moved_on((claim.channel, claim.recipient), outcome.next_alternative, why, now)
     values: dict[str, Any] = {"status": outcome.status, "updated_at": now}
     if outcome.action not in (Action.RELEASED, Action.BAD_CREDENTIALS):
         values.update(last_error=outcome.error, reason=outcome.reason)
@@ -731,16 +789,24 @@ def _outcome_values(outcome: Outcome, result: SendResult | None, now: datetime) 
     return values
 
 
-def _attempt_row(sent: Attempted, run_id: int | None, outcome: Action) -> dict[str, Any]:
+def _attempt_row(sent: Attempted, run_id: int | None, outcome: Outcome) -> dict[str, Any]:
     """The delivery_attempts row of one send (its error already redacted once more)."""
     result = sent.result
+    error = redact(result.error) if result.error else None
+    if outcome.next_alternative is not None:  # the history says why the alternative was left
+        position, address = outcome.next_alternative
+        error = (
+            f"{outcome.reason}: {error}; "
+            f"next: alternative {position + 1} ({shown_address(address)})"
+        )
     return {
         "notification_id": sent.claim.id,
         "run_id": run_id,
         "started_at": sent.started,
         "finished_at": sent.finished,
-        "outcome": outcome,
+        "outcome": outcome.action,
         "http_status": result.http_status,
-        "error": redact(result.error) if result.error else None,
+        "error": error,
         "uncertain": result.uncertain,
+        "channel": sent.claim.channel,
     }

@@ -29,6 +29,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from .db import SCHEMA_REVISION as SCHEMA_REVISION
 from .db import UTCDateTime as UTCDateTime
 
+#: longest chain of alternatives (``notifications.route``)
+ROUTE_LENGTH = 2100
+
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -68,6 +71,13 @@ class Reason(enum.StrEnum):
     MOVED_BACK = "moved_back"  # a change notice: the booking went back to the times it had
     REPLACED = "replaced"  # a change notice: the booking was cancelled, a cancel notice follows
     REBOOKED = "rebooked"  # a cancel notice: the booking was booked again before it went out
+    RECIPIENT_GONE = "recipient_gone"  # the provider says the recipient takes no more messages
+    SUPPRESSED = "suppressed"  # its recipient (every alternative of its chain) is suppressed
+
+
+class RecipientState(enum.StrEnum):
+    ACTIVE = "active"
+    SUPPRESSED = "suppressed"
 
 
 class BookingStatus(enum.StrEnum):
@@ -123,7 +133,11 @@ class Notification(Base):
     booking_id: Mapped[int] = mapped_column(Id, ForeignKey("bookings.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(16))
-    recipient: Mapped[str] = mapped_column(String(2048))
+    recipient: Mapped[str] = mapped_column(String(2048))  # the alternative in use
+    # the chain of alternatives ("telegram:1|email:a@b.org"; one for a plain recipient) and
+    # the position of the one in use (0: the first)
+    route: Mapped[str] = mapped_column(String(ROUTE_LENGTH))
+    alternative: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime)
     not_after: Mapped[datetime] = mapped_column(UTCDateTime)
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -146,7 +160,7 @@ class Notification(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (
-        UniqueConstraint("booking_id", "kind", "channel", "recipient"),
+        UniqueConstraint("booking_id", "kind", "route"),
         CheckConstraint(_check_in("status", Status), name="status"),
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
         # "what is due now": only pending rows, whatever the history holds
@@ -195,6 +209,26 @@ class ChatMove(Base):
     moved_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class Recipient(Base):
+    """A recipient's health: suppressed after a provider said it takes no more messages.
+
+    Only recipients that were ever suppressed have a row; ``unsuppress`` makes
+    it active again (and ``since`` says when).
+    """
+
+    __tablename__ = "recipients"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # the channel's suppression key: the address without a Telegram topic
+    address: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)  # the provider's answer, redacted
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (CheckConstraint(_check_in("state", RecipientState), name="state"),)
+
+
 class DeliveryAttempt(Base):
     __tablename__ = "delivery_attempts"
 
@@ -208,6 +242,8 @@ class DeliveryAttempt(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
     outcome: Mapped[str] = mapped_column(String(32))
+    # the channel the attempt was made on (a reminder of a chain may move to another)
+    channel: Mapped[str | None] = mapped_column(String(16))
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -235,6 +271,7 @@ class DispatchRun(Base):
     lease_lost: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     edited: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     edit_failed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    fallback: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     exit_code: Mapped[int | None] = mapped_column(Integer)
 
 

@@ -12,7 +12,7 @@ unique key), so a notice that went out is armed again for the next change.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
@@ -23,9 +23,10 @@ from . import queries
 from .kinds import CANCELLED, NOTICE_KINDS, RESCHEDULED, is_notice
 from .models import Reason, Status
 from .queries import ReminderRow
+from .routes import Address, alternatives, first_available
 
 Span = tuple[datetime, datetime]  # (starts_at, ends_at)
-Recipient = tuple[str, str]  # (channel, recipient)
+Who = str  # a route (routes.py): the recipient, or the chain of alternatives, told
 
 #: Telegram lets a bot edit its messages for about this long
 EDITABLE_FOR = timedelta(hours=48)
@@ -134,14 +135,14 @@ class NoticePlan:
         queries.update_notices(conn, self.updates)
 
 
-def _told(rows: Sequence[ReminderRow]) -> dict[Recipient, Told]:
-    """Per recipient: what it received and which notices are pending (rows before the change)."""
-    received: set[Recipient] = set()
-    moves: dict[Recipient, Span] = {}
-    cancels: set[Recipient] = set()
-    recipients: set[Recipient] = set()
+def _told(rows: Sequence[ReminderRow]) -> dict[Who, Told]:
+    """Per route: what it received and which notices are pending (rows before the change)."""
+    received: set[Who] = set()
+    moves: dict[Who, Span] = {}
+    cancels: set[Who] = set()
+    recipients: set[Who] = set()
     for row in rows:
-        who = (row.channel, row.recipient)
+        who = row.route
         recipients.add(who)
         # a notice being sent may already be out: the next change is told again
         if row.status == Status.SENT or (is_notice(row.kind) and row.status == Status.SENDING):
@@ -158,14 +159,20 @@ def _told(rows: Sequence[ReminderRow]) -> dict[Recipient, Told]:
     }
 
 
-def _corrects(rows: Sequence[ReminderRow], who: Recipient, now: datetime) -> list[dict[str, Any]]:
-    """The messages of this recipient a notice corrects in place: sent reminders that can
+def _reached_on(rows: Sequence[ReminderRow], who: Who) -> int:
+    """The alternative of the chain that delivered its latest reminder (0 if none did)."""
+    sent = [r for r in rows if r.route == who and r.status == Status.SENT and r.sent_at]
+    return max(sent, key=lambda r: (r.sent_at, r.id)).alternative if sent else 0
+
+
+def _corrects(rows: Sequence[ReminderRow], to: Address, now: datetime) -> list[dict[str, Any]]:
+    """The messages to this address a notice corrects in place: sent reminders that can
     still be edited, and those its earlier notices corrected (one entry per message)."""
-    if who[0] not in EDITING_CHANNELS:
+    if to[0] not in EDITING_CHANNELS:
         return []
     found: dict[str, dict[str, Any]] = {}
     for row in rows:
-        if (row.channel, row.recipient) != who:
+        if (row.channel, row.recipient) != to:
             continue
         if is_notice(row.kind):
             for entry in row.corrects or []:
@@ -188,21 +195,29 @@ class Counted(NamedTuple):
 
 
 def plan_notices(
-    booking_id: int, change: Change, rows: Sequence[ReminderRow], now: datetime, plan: NoticePlan
+    booking_id: int,
+    change: Change,
+    rows: Sequence[ReminderRow],
+    now: datetime,
+    plan: NoticePlan,
+    suppressed: Container[Address] = (),
 ) -> Counted:
     """Add the notices of one booking's change to ``plan``; what it queues and withdraws.
 
     ``rows`` are every reminder and notice of the booking, read under lock
     before any other write of the change (a reschedule re-arms sent reminders).
+    A notice follows its reminders' chain: it starts on the alternative that
+    delivered the latest of them (skipping ``suppressed`` ones) and falls back
+    along the rest like a reminder.
     """
-    existing = {(r.kind, r.channel, r.recipient): r for r in rows if is_notice(r.kind)}
+    existing = {(r.kind, r.route): r for r in rows if is_notice(r.kind)}
     queued = withdrawn = 0
     for who, told in sorted(_told(rows).items()):
         decision = notice_for(change, told, now)
         if decision.step is Step.NONE:
             continue
         assert decision.kind is not None
-        row = existing.get((decision.kind, *who))
+        row = existing.get((decision.kind, who))
         if decision.step is Step.WITHDRAW:
             assert row is not None
             assert decision.withdraw_reason is not None
@@ -210,15 +225,25 @@ def plan_notices(
             withdrawn += 1
             continue
         if change.event == "cancelled" and told.pending_move is not None:
-            pending = existing[(RESCHEDULED, *who)]
+            pending = existing[(RESCHEDULED, who)]
             plan.withdrawals.setdefault(Reason.REPLACED, []).append(pending.id)
         assert decision.was is not None
         assert decision.not_after is not None
+        chain = alternatives(who)
+        start = first_available(chain, suppressed, _reached_on(rows, who)) or first_available(
+            chain, suppressed
+        )
+        if start is None:  # every alternative is suppressed: nobody to tell
+            continue
+        position, to = start
         values = {
             "previous_starts_at": decision.was[0],
             "previous_ends_at": decision.was[1],
             "not_after": decision.not_after,
-            "corrects": _corrects(rows, who, now) or None,
+            "corrects": _corrects(rows, to, now) or None,
+            "channel": to[0],
+            "recipient": to[1],
+            "alternative": position,
             "updated_at": now,
         }
         queued += 1
@@ -238,8 +263,7 @@ def plan_notices(
                 {
                     "booking_id": booking_id,
                     "kind": decision.kind,
-                    "channel": who[0],
-                    "recipient": who[1],
+                    "route": who,
                     "created_at": now,
                     **armed,
                 }

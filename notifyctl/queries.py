@@ -51,6 +51,8 @@ from .models import (
     Notification,
     Pacing,
     Reason,
+    Recipient,
+    RecipientState,
     Status,
 )
 from .runs import RUN_COUNTERS, Action
@@ -96,6 +98,8 @@ class DueReminder:
     attempts: int
     previous_starts_at: datetime | None  # a change notice's "was" (None for reminders)
     previous_ends_at: datetime | None
+    route: str  # its chain of alternatives (routes.py); channel/recipient: the one in use
+    alternative: int  # position of the one in use in the chain (0: the first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +134,8 @@ class ListedReminder(NamedTuple):
     attempts: int
     last_error: str | None
     sent_at: datetime | None
+    route: str
+    alternative: int  # 1 = the first alternative of the route
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +299,8 @@ NEW_REMINDER_COLUMNS = (
     "kind",
     "channel",
     "recipient",
+    "route",
+    "alternative",
     "scheduled_at",
     "not_after",
     "due_at",
@@ -394,6 +402,9 @@ def update_notices(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 REARM_FIELDS = (
+    "channel",
+    "recipient",
+    "alternative",
     "scheduled_at",
     "not_after",
     "due_at",
@@ -511,8 +522,9 @@ class ListFilter:
     limit: int | None = None
 
 
+_LISTED_AS = {"booking_id": B.external_id, "alternative": N.alternative + 1}
 LIST_COLUMNS = tuple(
-    B.external_id.label("booking_id") if name == "booking_id" else getattr(N, name)
+    _LISTED_AS[name].label(name) if name in _LISTED_AS else getattr(N, name)
     for name in ListedReminder._fields
 )
 
@@ -633,18 +645,28 @@ def expire_superseded(conn: Connection, now: datetime) -> int:
 class Rescued:
     requeued: list[int]
     failed: list[int]
+    spent_chains: list[int]  # requeued on their last attempt: the chain's next alternative
+
+
+def _chain_goes_on() -> ColumnElement[bool]:
+    """The reminder's route has an alternative after the one in use."""
+    separators = func.length(N.route) - func.length(func.replace(N.route, "|", ""))
+    return N.alternative < separators
 
 
 def rescue_expired_leases(conn: Connection, now: datetime, max_attempts: int) -> Rescued:
     """``sending`` rows whose lease ran out (a crashed run) → pending, or failed if spent.
 
     Each gets a ``rescued`` attempt, marked uncertain: the run may have sent it.
+    A spent one whose chain goes on is requeued and listed in ``spent_chains``:
+    the caller moves it to the next alternative.
     """
     lost = and_(N.status == Status.SENDING, N.lease_expires_at <= now)
+    spent = N.attempts >= max_attempts
     cleared = {"lease_token": None, "lease_expires_at": None, "updated_at": now}
     failed = conn.scalars(
         update(N)
-        .where(lost, N.attempts >= max_attempts)
+        .where(lost, spent, ~_chain_goes_on())
         .values(
             status=Status.FAILED,
             reason=Reason.GAVE_UP,
@@ -653,6 +675,7 @@ def rescue_expired_leases(conn: Connection, now: datetime, max_attempts: int) ->
         )
         .returning(N.id)
     ).all()
+    spent_chains = conn.scalars(select(N.id).where(lost, spent)).all()
     requeued = conn.scalars(
         update(N)
         .where(lost)
@@ -680,7 +703,7 @@ def rescue_expired_leases(conn: Connection, now: datetime, max_attempts: int) ->
             for notification_id in (*requeued, *failed)
         ],
     )
-    return Rescued(list(requeued), list(failed))
+    return Rescued(list(requeued), list(failed), list(spent_chains))
 
 
 CLAIM_COLUMNS = _columns(N, DueReminder)
@@ -952,18 +975,30 @@ def chat_moves(
     return found
 
 
+def _route_after_move(old: str, new: str) -> ColumnElement[str]:
+    """The route with the alternative ``old`` (``channel:address``) replaced by ``new``."""
+    wrapped = func.replace("|" + N.route + "|", f"|{old}|", f"|{new}|")
+    return func.substr(wrapped, 2, func.length(wrapped) - 2)
+
+
 def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: datetime) -> int:
-    """Move unsent reminders of a chat to its new address (Telegram chat migration)."""
+    """Move unsent reminders of a chat to its new address (Telegram chat migration).
+
+    Their routes name the new chat too, so that a later create, mapped through
+    the remembered move, finds them.
+    """
+    route = _route_after_move(f"{channel}:{old}", f"{channel}:{new}")
     twin = aliased(N)
     clash = exists().where(
         twin.booking_id == N.booking_id,
         twin.kind == N.kind,
-        twin.channel == N.channel,
-        twin.recipient == new,
+        twin.id != N.id,
+        twin.route == route,
     )
+    mine = and_(N.channel == channel, N.recipient == old, N.status == Status.PENDING)
     conn.execute(
         update(N)
-        .where(N.channel == channel, N.recipient == old, N.status == Status.PENDING, clash)
+        .where(mine, clash)
         .values(
             status=Status.CANCELLED,
             reason=Reason.DUPLICATE,
@@ -974,33 +1009,162 @@ def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: 
     )
     result = conn.execute(
         update(N)
-        .where(N.channel == channel, N.recipient == old, N.status == Status.PENDING)
-        .values(recipient=new, updated_at=now)
+        .where(mine)
+        .values(recipient=new, route=route, updated_at=now)
+        .execution_options(synchronize_session=False)
     )
     return result.rowcount
 
 
-def recipient_taken(conn: Connection, notification_id: int, new: str) -> bool:
-    """Would moving this reminder to ``new`` clash with a twin already there?"""
+def route_taken(conn: Connection, notification_id: int, route: str) -> bool:
+    """Does a twin of this reminder (same booking and kind) already have ``route``?"""
     twin = aliased(N)
-    own = select(N.booking_id, N.kind, N.channel).where(N.id == notification_id).subquery()
+    own = select(N.booking_id, N.kind).where(N.id == notification_id).subquery()
     return bool(
         conn.scalar(
             select(
                 exists().where(
                     twin.booking_id == own.c.booking_id,
                     twin.kind == own.c.kind,
-                    twin.channel == own.c.channel,
-                    twin.recipient == new,
+                    twin.id != notification_id,
+                    twin.route == route,
                 )
             )
         )
     )
 
 
+# --- recipient health (SPEC §11) ------------------------------------------------------
+
+H = Recipient
+
+
+def suppressed_among(conn: Connection, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Those of the given (channel, suppression key) pairs that are suppressed."""
+    found: set[tuple[str, str]] = set()
+    for part in chunks(sorted(set(keys))):
+        rows = conn.execute(
+            select(H.channel, H.address).where(
+                H.state == RecipientState.SUPPRESSED, tuple_(H.channel, H.address).in_(part)
+            )
+        )
+        found.update((channel, address) for channel, address in rows)
+    return found
+
+
+def set_recipient_state(
+    conn: Connection,
+    channel: str,
+    address: str,
+    state: RecipientState,
+    now: datetime,
+    reason: Reason | None = None,
+    detail: str | None = None,
+) -> None:
+    """Upsert one recipient's health (the primary key makes two writers one row)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    values = {"state": state, "reason": reason, "detail": detail, "since": now}
+    conn.execute(
+        dialect_insert(Recipient)
+        .values(channel=channel, address=address, **values)
+        .on_conflict_do_update(index_elements=[H.channel, H.address], set_=values)
+    )
+
+
+def pending_of_recipient(conn: Connection, channel: str, address: str) -> list[DueReminder]:
+    """The pending reminders and notices to one recipient (a chat: in any of its topics)."""
+    topic = address + "#"
+    stmt = select(*CLAIM_COLUMNS).where(
+        N.status == Status.PENDING,
+        N.channel == channel,
+        or_(N.recipient == address, func.substr(N.recipient, 1, len(topic)) == topic),
+    )
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return [DueReminder(*row) for row in conn.execute(stmt)]
+
+
+def update_pending(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Rewrite reminders that are still pending (rows carry ``n_id``); how many were."""
+    shapes: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        shapes.setdefault(tuple(sorted(k for k in row if k != "n_id")), []).append(row)
+    count = 0
+    for fields, same in shapes.items():
+        values: dict[str, Any] = {f: bindparam(f"v_{f}") for f in fields}
+        stmt = update(N).where(N.id == bindparam("n_id"), N.status == Status.PENDING)
+        params = [{"n_id": r["n_id"], **{f"v_{f}": r[f] for f in fields}} for r in same]
+        count += conn.execute(stmt.values(values), params).rowcount
+    return count
+
+
+def reminders_by_id(conn: Connection, ids: Sequence[int]) -> list[DueReminder]:
+    found: list[DueReminder] = []
+    for part in chunks(ids):
+        found += [
+            DueReminder(*r) for r in conn.execute(select(*CLAIM_COLUMNS).where(N.id.in_(part)))
+        ]
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRow:
+    """One line of ``recipients``."""
+
+    channel: str
+    recipient: str
+    state: str
+    reason: str | None
+    detail: str | None
+    since: datetime | None
+
+
+def list_recipients(conn: Connection, *, suppressed_only: bool) -> list[RecipientRow]:
+    """Every recipient with a health row, and (unless ``suppressed_only``) every one
+    a reminder names; by channel and address."""
+    rows = {
+        (r.channel, r.address): RecipientRow(
+            r.channel, r.address, r.state, r.reason, r.detail, r.since
+        )
+        for r in conn.execute(select(H.channel, H.address, H.state, H.reason, H.detail, H.since))
+        if not suppressed_only or r.state == RecipientState.SUPPRESSED
+    }
+    if not suppressed_only:
+        for channel, recipient in conn.execute(select(N.channel, N.recipient).distinct()):
+            rows.setdefault(
+                (channel, recipient),
+                RecipientRow(channel, recipient, RecipientState.ACTIVE, None, None, None),
+            )
+    return [rows[key] for key in sorted(rows)]
+
+
+def known_recipients(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Those of the given (channel, address) pairs that a health row or a reminder names."""
+    found: set[tuple[str, str]] = set()
+    for part in chunks(sorted(set(keys))):
+        found.update(
+            (c, a)
+            for c, a in conn.execute(
+                select(H.channel, H.address).where(tuple_(H.channel, H.address).in_(part))
+            )
+        )
+        found.update(
+            (c, a)
+            for c, a in conn.execute(
+                select(N.channel, N.recipient)
+                .where(tuple_(N.channel, N.recipient).in_(part))
+                .distinct()
+            )
+        )
+    return found
+
+
 def insert_attempts(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """History rows (``channel`` only where the attempt knows it: one shape for executemany)."""
     if rows:
-        conn.execute(insert(DeliveryAttempt), list(rows))
+        conn.execute(insert(DeliveryAttempt), [{"channel": None, **row} for row in rows])
 
 
 def start_run(conn: Connection, host: str, pid: int, now: datetime) -> int:
@@ -1105,6 +1269,18 @@ def retry_counts(conn: Connection, since: datetime) -> list[GroupCount]:
         .join(N, N.id == A.notification_id)
         .where(A.started_at >= since, A.outcome == Action.RETRIED)
         .group_by(N.channel, N.kind)
+    )
+    return [GroupCount(*r) for r in rows]
+
+
+def fallback_counts(conn: Connection, since: datetime) -> list[GroupCount]:
+    """Alternatives left since ``since`` (a chain moved on), per channel left and kind."""
+    rows = conn.execute(
+        select(func.coalesce(A.channel, N.channel), N.kind, func.count())
+        .select_from(A)
+        .join(N, N.id == A.notification_id)
+        .where(A.started_at >= since, A.outcome == Action.FALLBACK)
+        .group_by(func.coalesce(A.channel, N.channel), N.kind)
     )
     return [GroupCount(*r) for r in rows]
 

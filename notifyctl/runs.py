@@ -86,6 +86,7 @@ class Action(StrEnum):
     LEASE_LOST = "lease_lost"  # its outcome was not recorded: a newer owner holds it
     EDITED = "edited"  # a sent Telegram reminder corrected in place after a change notice
     EDIT_FAILED = "edit_failed"  # that correction was refused (the notice itself went out)
+    FALLBACK = "fallback"  # left this alternative of its chain: the next one is tried at once
 
 
 #: per-run counters besides one per Action
@@ -108,6 +109,7 @@ class RunReport:
     lease_lost: int = 0
     edited: int = 0
     edit_failed: int = 0
+    fallback: int = 0
     exit_code: int = 0
     error: str | None = None
     duration_seconds: float = 0.0

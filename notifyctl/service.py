@@ -6,10 +6,11 @@ and plain values; each use case is one transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, tzinfo
@@ -17,16 +18,26 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
-from . import queries
+from . import health, queries
 from .channels import parse_recipient, shown_recipient
 from .config import clip
 from .db import Store as Store
 from .db import open_store as open_store
 from .errors import InvalidInput, NotFound, shown
 from .kinds import Kind, is_notice, parse_kinds
-from .models import BookingStatus, Reason, Status
+from .models import BookingStatus, Reason, RecipientState, Status
 from .notices import Change, NoticePlan, plan_notices
 from .queries import BookingRow, ListedReminder, ReminderRow
+from .routes import (
+    Address,
+    Route,
+    alternatives,
+    first_available,
+    parse_route,
+    route_text,
+    shown_address,
+    shown_route,
+)
 from .times import implied_zone, parse_time, parse_zone, zone_name
 
 if TYPE_CHECKING:
@@ -54,7 +65,7 @@ class BookingInput:
     booking_id: str
     starts_at: datetime
     ends_at: datetime
-    recipients: tuple[tuple[str, str], ...]
+    recipients: tuple[Route, ...]  # each one recipient, or a chain of alternatives
     kinds: tuple[Kind, ...]
     title: str
     timezone: str
@@ -154,7 +165,8 @@ class BookingFields:
             raise InvalidInput("ends_at must be after starts_at")
         if not self.to:
             raise InvalidInput("at least one recipient (--to) is needed")
-        recipients = tuple(dict.fromkeys(parse_recipient(r) for r in self.to))
+        recipients = tuple(dict.fromkeys(parse_route(r) for r in self.to))
+        _refuse_shared_alternatives(recipients)
         title, locale = self.title, self.locale
         if title is not None and not _TITLE.fullmatch(title):
             raise InvalidInput("title must be 1-512 characters, without control characters")
@@ -173,6 +185,16 @@ class BookingFields:
             reactivate=bool(self.reactivate),
             zone_implied=not self.timezone,
         )
+
+
+def _refuse_shared_alternatives(routes: tuple[Route, ...]) -> None:
+    """One recipient in two ``--to`` values would get each reminder twice (or never)."""
+    seen: set[Address] = set()
+    for route in routes:
+        for address in route:
+            if address in seen:
+                raise InvalidInput(f"recipient {shown_address(address)} appears in two --to values")
+            seen.add(address)
 
 
 def _aware(value: str | datetime, zone: tzinfo, now: datetime) -> datetime:
@@ -227,6 +249,7 @@ class BookingResult:
     timezone: str | None = None  # set when the zone was not given but implied
     notices: int = 0  # change notices queued (SPEC §10)
     notices_withdrawn: int = 0  # pending ones cancelled: moved back, or booked again
+    suppressed: list[str] = field(default_factory=list)  # recipients left out (SPEC §11)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -238,6 +261,7 @@ class BookingResult:
             "notices": self.notices,
             "notices_withdrawn": self.notices_withdrawn,
             "skipped": [s.__dict__ for s in self.skipped],
+            "suppressed": self.suppressed,
             **({"timezone": self.timezone} if self.timezone else {}),
         }
 
@@ -282,8 +306,10 @@ def reconcile(
         return Fate.REARM if retimed else Fate.KEEP
     if status == Status.SENT:
         return Fate.REARM if retimed and wanted[0] > now else Fate.KEEP
-    # cancelled: back when the booking is booked again or the recipient/kind returns
-    return Fate.REARM if reactivating or reason == Reason.REMOVED else Fate.KEEP
+    # cancelled: back when the booking is booked again, the recipient/kind returns or
+    # its recipient is no longer suppressed
+    comes_back = reason in (Reason.REMOVED, Reason.SUPPRESSED)
+    return Fate.REARM if reactivating or comes_back else Fate.KEEP
 
 
 @dataclass
@@ -306,34 +332,59 @@ def _useless_reason(kind: Kind, scheduled: datetime, not_after: datetime, now: d
     return f"too late: the booking {kind.valid_until}s at {not_after.isoformat()}"
 
 
-Key = tuple[str, str, str]  # (kind, channel, recipient)
+Key = tuple[str, str]  # (kind, route text): a reminder's identity within its booking
 
 
-def _wanted(inp: BookingInput, now: datetime) -> tuple[dict[Key, Times], set[Key], list[Skipped]]:
+@dataclass(frozen=True)
+class Wanted:
+    """What create asks of one booking's reminders, given which recipients are suppressed."""
+
+    times: dict[Key, Times]  # useful reminders
+    useless: set[Key]  # asked for, but too late to be of use
+    skipped: list[Skipped]
+    start: dict[str, tuple[int, Address]]  # route text → the first alternative to try
+    suppressed: set[str]  # route texts whose every alternative is suppressed
+
+
+def _wanted(inp: BookingInput, now: datetime, suppressed: Container[Address]) -> Wanted:
     """Useful reminders with their times; the keys skipped as useless, and why."""
-    wanted: dict[Key, Times] = {}
-    useless: set[Key] = set()
-    skipped: list[Skipped] = []
+    wanted = Wanted({}, set(), [], {}, set())
+    for route in inp.recipients:
+        text = route_text(route)
+        start = first_available(route, suppressed)
+        if start is None:
+            wanted.suppressed.add(text)
+        else:
+            wanted.start[text] = start
     for kind in inp.kinds:
         scheduled = kind.scheduled_at(inp.starts_at, inp.ends_at)
         not_after = kind.not_after(inp.starts_at, inp.ends_at)
-        for channel, recipient in inp.recipients:
+        for text, (_, (channel, recipient)) in wanted.start.items():
             if not_after <= now or scheduled >= not_after:
                 reason = _useless_reason(kind, scheduled, not_after, now)
-                skipped.append(Skipped(kind.name, channel, shown_recipient(recipient), reason))
-                useless.add((kind.name, channel, recipient))
+                wanted.skipped.append(
+                    Skipped(kind.name, channel, shown_recipient(recipient), reason)
+                )
+                wanted.useless.add((kind.name, text))
             else:
-                wanted[(kind.name, channel, recipient)] = (scheduled, not_after)
-    return wanted, useless, skipped
+                wanted.times[(kind.name, text)] = (scheduled, not_after)
+    return wanted
 
 
-def _new_reminder(key: Key, times: Times, now: datetime) -> dict[str, Any]:
-    kind, channel, recipient = key
+def _on_alternative(start: tuple[int, Address]) -> dict[str, Any]:
+    position, (channel, recipient) = start
+    return {"channel": channel, "recipient": recipient, "alternative": position}
+
+
+def _new_reminder(
+    key: Key, start: tuple[int, Address], times: Times, now: datetime
+) -> dict[str, Any]:
+    kind, route = key
     scheduled, not_after = times
     return {
         "kind": kind,
-        "channel": channel,
-        "recipient": recipient,
+        **_on_alternative(start),
+        "route": route,
         "scheduled_at": scheduled,
         "not_after": not_after,
         "due_at": scheduled,
@@ -344,10 +395,14 @@ def _new_reminder(key: Key, times: Times, now: datetime) -> dict[str, Any]:
     }
 
 
-def _rearm(row: ReminderRow, times: Times, now: datetime) -> dict[str, Any]:
+def _rearm(
+    row: ReminderRow, start: tuple[int, Address], times: Times, now: datetime
+) -> dict[str, Any]:
+    """Pending again at its (new) time, from the first alternative that is not suppressed."""
     scheduled, not_after = times
     return {
         "n_id": row.id,
+        **_on_alternative(start),
         "scheduled_at": scheduled,
         "not_after": not_after,
         "due_at": scheduled,
@@ -374,12 +429,15 @@ def _booking_values(inp: BookingInput, status: str) -> dict[str, Any]:
     }
 
 
-def _result(inp: BookingInput, action: str, skipped: list[Skipped]) -> BookingResult:
+def _result(inp: BookingInput, action: str, wanted: Wanted) -> BookingResult:
     return BookingResult(
         inp.booking_id,
         action,
-        skipped=skipped,
+        skipped=wanted.skipped,
         timezone=inp.timezone if inp.zone_implied else None,
+        suppressed=[
+            shown_route(route) for route in inp.recipients if route_text(route) in wanted.suppressed
+        ],
     )
 
 
@@ -409,8 +467,10 @@ def refuse_past(inp: BookingInput, now: datetime) -> None:
         )
 
 
-def _plan_new(inp: BookingInput, now: datetime, plan: _Plan) -> BookingResult:
-    wanted, _, skipped = _wanted(inp, now)
+def _plan_new(
+    inp: BookingInput, now: datetime, plan: _Plan, suppressed: Container[Address]
+) -> BookingResult:
+    wanted = _wanted(inp, now, suppressed)
     plan.new_bookings.append(
         {
             "external_id": inp.booking_id,
@@ -419,9 +479,11 @@ def _plan_new(inp: BookingInput, now: datetime, plan: _Plan) -> BookingResult:
             "updated_at": now,
         }
     )
-    plan.new_reminders.append([_new_reminder(k, t, now) for k, t in wanted.items()])
-    result = _result(inp, "created", skipped)
-    result.added = len(wanted)
+    plan.new_reminders.append(
+        [_new_reminder(k, wanted.start[k[1]], t, now) for k, t in wanted.times.items()]
+    )
+    result = _result(inp, "created", wanted)
+    result.added = len(wanted.times)
     return result
 
 
@@ -431,6 +493,7 @@ def _plan_existing(
     rows: list[ReminderRow],
     now: datetime,
     plan: _Plan,
+    suppressed: Container[Address],
     notices: bool = True,
 ) -> BookingResult:
     reactivating = booking.status == BookingStatus.CANCELLED
@@ -438,24 +501,27 @@ def _plan_existing(
         raise InvalidInput(
             f"booking {inp.booking_id!r} is cancelled: pass --reactivate to book it again"
         )
-    wanted, useless, skipped = _wanted(inp, now)
-    result = _result(inp, "unchanged", skipped)
-    reminders = [row for row in rows if not is_notice(row.kind)]  # notices: plan_notices
+    wanted = _wanted(inp, now, suppressed)
+    result = _result(inp, "unchanged", wanted)
+    # notices: plan_notices; a suppressed recipient's reminders stay as they are
+    reminders = [
+        row for row in rows if not is_notice(row.kind) and row.route not in wanted.suppressed
+    ]
     for row in reminders:
-        key = (row.kind, row.channel, row.recipient)
-        times = wanted.pop(key, None)
+        key = (row.kind, row.route)
+        times = wanted.times.pop(key, None)
         fate = reconcile(
             Status(row.status),
             Reason(row.reason) if row.reason else None,
             (row.scheduled_at, row.not_after),
             times,
-            useless=key in useless,
+            useless=key in wanted.useless,
             reactivating=reactivating,
             now=now,
         )
         if fate is Fate.REARM:
             assert times is not None
-            plan.rearms.append(_rearm(row, times, now))
+            plan.rearms.append(_rearm(row, wanted.start[row.route], times, now))
             if row.status == Status.CANCELLED:
                 result.added += 1
             else:
@@ -463,8 +529,9 @@ def _plan_existing(
         elif fate is not Fate.KEEP:
             (plan.expires if fate is Fate.EXPIRE else plan.cancels).append(row.id)
             result.cancelled += 1
-    for key, times in wanted.items():
-        plan.reminder_inserts.append({"booking_id": booking.id, **_new_reminder(key, times, now)})
+    for key, times in wanted.times.items():
+        reminder = _new_reminder(key, wanted.start[key[1]], times, now)
+        plan.reminder_inserts.append({"booking_id": booking.id, **reminder})
         result.added += 1
 
     values = _booking_values(inp, "active")
@@ -479,7 +546,7 @@ def _plan_existing(
             if reactivating
             else Change("moved", before, (inp.starts_at, inp.ends_at))
         )
-        counted = plan_notices(booking.id, change, rows, now, plan.notices)
+        counted = plan_notices(booking.id, change, rows, now, plan.notices, suppressed)
         result.notices, result.notices_withdrawn = counted
     if reactivating:
         result.action = "reactivated"
@@ -510,11 +577,16 @@ def _apply(conn: Connection, plan: _Plan, now: datetime) -> None:
 
 def _follow_moves(conn: Connection, inputs: Sequence[BookingInput]) -> list[BookingInput]:
     """Recipients whose chat moved (Telegram group → supergroup) become the new chat."""
-    moves = queries.chat_moves(conn, {r for inp in inputs for r in inp.recipients})
+    moves = queries.chat_moves(conn, {a for inp in inputs for r in inp.recipients for a in r})
     if not moves:
         return list(inputs)
     return [
-        replace(inp, recipients=tuple(dict.fromkeys(moves.get(r, r) for r in inp.recipients)))
+        replace(
+            inp,
+            recipients=tuple(
+                dict.fromkeys(tuple(moves.get(a, a) for a in route) for route in inp.recipients)
+            ),
+        )
         for inp in inputs
     ]
 
@@ -557,6 +629,7 @@ def create_bookings(
         raise InvalidInput(f"{len(errors)} invalid input(s), nothing written", errors)
     with store.transaction() as conn:
         inputs = _follow_moves(conn, inputs)
+        suppressed = health.suppressed_among(conn, (r for i in inputs for r in i.recipients))
         existing = queries.load_bookings(conn, [i.booking_id for i in inputs], lock=True)
         reminders = queries.load_notifications(conn, [b.id for b in existing.values()], lock=True)
         plan = _Plan()
@@ -567,10 +640,11 @@ def create_bookings(
                 if booking is None:
                     if refuse_ended:
                         refuse_past(inp, now)
-                    results.append(_plan_new(inp, now, plan))
+                    results.append(_plan_new(inp, now, plan, suppressed))
                 else:
                     rows = reminders[booking.id]
-                    results.append(_plan_existing(inp, booking, rows, now, plan, notices))
+                    result = _plan_existing(inp, booking, rows, now, plan, suppressed, notices)
+                    results.append(result)
             except InvalidInput as e:
                 errors.append(f"{label(index)}: {e.message}")
         if errors:
@@ -655,9 +729,10 @@ def cancel(
         queued = 0
         if notices and active:
             rows = queries.load_notifications(conn, [b.id for b in active], lock=True)
+            suppressed = health.suppressed_for(conn, {r.route for b in active for r in rows[b.id]})
             for b in active:
                 change = Change("cancelled", (b.starts_at, b.ends_at))
-                queued += plan_notices(b.id, change, rows[b.id], now, plan).queued
+                queued += plan_notices(b.id, change, rows[b.id], now, plan, suppressed).queued
         # a pending move notice is replaced first, so the cancel below does not count it
         plan.apply_withdrawals(conn, now)
         if reason is not None:
@@ -688,6 +763,7 @@ def list_notifications(
 def _listed(row: ListedReminder) -> dict[str, Any]:
     fields = row._asdict()
     fields["recipient"] = shown_recipient(fields["recipient"])
+    fields["route"] = shown_route(alternatives(fields["route"]))
     return fields
 
 
@@ -696,3 +772,65 @@ def summary(store: Store, statuses: tuple[str, ...] = ()) -> QueueSummary:
     from .stats import queue_summary
 
     return queue_summary(store, statuses)
+
+
+# --- recipients (SPEC §11) ----------------------------------------------------------------
+
+RECIPIENT_FIELDS = ("channel", "recipient", "state", "reason", "detail", "since")
+
+
+def list_recipients(store: Store, *, suppressed_only: bool = False) -> list[dict[str, Any]]:
+    """Recipients and their health: every suppressed one, and (unless ``suppressed_only``)
+    every recipient a reminder names."""
+    with store.reader() as conn:
+        rows = queries.list_recipients(conn, suppressed_only=suppressed_only)
+    return [
+        {**dataclasses.asdict(row), "recipient": shown_recipient(row.recipient)} for row in rows
+    ]
+
+
+@dataclass(frozen=True)
+class UnsuppressResult:
+    unsuppressed: tuple[str, ...]
+    already_active: tuple[str, ...]
+    missing: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "unsuppressed": list(self.unsuppressed),
+            "already_active": list(self.already_active),
+            "missing": list(self.missing),
+        }
+
+
+def unsuppress(
+    store: Store, recipients: Sequence[str], *, missing_ok: bool = False
+) -> UnsuppressResult:
+    """Make suppressed recipients active again: a later ``create`` arms their reminders.
+
+    Recipients are written as ``--to`` takes them and compared in their
+    canonical form. Unknown ones are an error (exit 2) unless ``missing_ok``.
+    """
+    from .routes import health_key
+
+    keys = {raw: health_key(parse_recipient(raw)) for raw in recipients}
+    now = store.clock()
+    with store.transaction() as conn:
+        suppressed = queries.suppressed_among(conn, keys.values())
+        known = queries.known_recipients(conn, list(keys.values()))
+        missing = [raw for raw, key in keys.items() if key not in known]
+        if missing and not missing_ok:
+            unknown = ", ".join(shown_address(keys[raw]) for raw in missing)
+            raise NotFound(f"unknown recipient(s): {unknown} (use --missing-ok to ignore)")
+        for key in sorted(suppressed):
+            queries.set_recipient_state(conn, *key, RecipientState.ACTIVE, now)
+    shown_keys = {raw: shown_address(key) for raw, key in keys.items()}
+    return UnsuppressResult(
+        tuple(dict.fromkeys(shown_keys[r] for r, k in keys.items() if k in suppressed)),
+        tuple(
+            dict.fromkeys(
+                shown_keys[r] for r, k in keys.items() if k in known and k not in suppressed
+            )
+        ),
+        tuple(dict.fromkeys(shown_keys[r] for r in missing)),
+    )

@@ -39,6 +39,7 @@ class GroupStats:
     superseded: int = 0  # expired because a later reminder of the booking went instead
     cancelled: int = 0
     retries: int = 0
+    fallbacks: int = 0  # reminders that left this channel for the next alternative of a chain
     lateness_p50: float | None = None
     lateness_p95: float | None = None
     lateness_max: float | None = None
@@ -59,6 +60,7 @@ class GroupStats:
             "superseded": self.superseded,
             "cancelled": self.cancelled,
             "retries": self.retries,
+            "fallbacks": self.fallbacks,
             "delivery_rate": self.delivery_rate,
             "lateness_p50_seconds": self.lateness_p50,
             "lateness_p95_seconds": self.lateness_p95,
@@ -221,6 +223,8 @@ def stats(store: Store, since: timedelta) -> Stats:
             entry["expired"] = entry.get("expired", 0) - row.count
         for row in queries.retry_counts(conn, start):
             group(row.channel, row.kind)["retries"] = row.count
+        for row in queries.fallback_counts(conn, start):
+            group(row.channel, row.kind)["fallbacks"] = row.count
         for by_group in queries.lateness(conn, start):
             group(str(by_group.channel), str(by_group.kind)).update(_lateness(by_group))
         (overall,) = queries.lateness(conn, start, by_group=False)
@@ -237,6 +241,7 @@ def stats(store: Store, since: timedelta) -> Stats:
         superseded=sum(g.superseded for g in groups),
         cancelled=sum(g.cancelled for g in groups),
         retries=sum(g.retries for g in groups),
+        fallbacks=sum(g.fallbacks for g in groups),
         lateness_p50=late["lateness_p50"],
         lateness_p95=late["lateness_p95"],
         lateness_max=late["lateness_max"],

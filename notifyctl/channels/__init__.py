@@ -117,6 +117,12 @@ def sender(channel: str, recipient: str) -> str:
     return f"{channel}:{name}" if name else channel
 
 
+def suppression_key(channel: str, recipient: str) -> str:
+    """What a "gone" answer for ``recipient`` suppresses (Telegram: the chat, all topics)."""
+    of = getattr(channel_module(channel), "suppression_key", None) if channel in CHANNELS else None
+    return of(recipient) if of is not None else recipient
+
+
 def chat_key(channel: str, recipient: str) -> str:
     """The chat a send to ``recipient`` counts in for per-chat limits (Telegram: per bot)."""
     of = getattr(channel_module(channel), "chat_key", None) if channel in CHANNELS else None

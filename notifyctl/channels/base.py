@@ -21,7 +21,8 @@ class Delivery(enum.StrEnum):
     SENT = "sent"
     RETRY = "retry"  # passing failure: back off and try again
     RETRY_AFTER = "rate_limited"  # provider asked us to wait retry_after seconds
-    FAILED = "failed"  # permanent for this recipient
+    FAILED = "failed"  # permanent for this message
+    GONE = "gone"  # the recipient takes no more messages (blocked, bounced, 410): suppress it
     MOVED = "moved"  # the chat has a new address (moved_to); retry there at once
     BAD_CREDENTIALS = "bad_credentials"  # stop the run, exit 3
 
@@ -57,6 +58,10 @@ class SendResult:
     @classmethod
     def failed(cls, error: str, http_status: int | None = None) -> SendResult:
         return cls(Delivery.FAILED, http_status=http_status, error=error)
+
+    @classmethod
+    def gone(cls, error: str, http_status: int | None = None) -> SendResult:
+        return cls(Delivery.GONE, http_status=http_status, error=error)
 
     @classmethod
     def moved(cls, new_address: str, error: str, http_status: int | None = None) -> SendResult:

@@ -380,6 +380,10 @@ class _WatchedTLS:
         return getattr(self._context, name)
 
 
+#: RCPT answers that say the mailbox is gone (unknown, moved away, name not allowed)
+GONE_CODES = (550, 551, 553)
+
+
 def _recipient_code(error: smtplib.SMTPRecipientsRefused) -> int:
     codes = [code for code, _ in error.recipients.values()]
     return max(codes) if codes else 0
@@ -396,6 +400,8 @@ def classify_error(error: BaseException, *, uncertain: bool = False) -> SendResu
         code = _recipient_code(error)
         replies = "; ".join(_reply_text(reply) for _, reply in error.recipients.values())
         text = _clean(f"SMTP {code}: recipient refused: {replies}")
+        if code in GONE_CODES:  # this mailbox does not exist (any more): suppress it
+            return SendResult.gone(text)
         return SendResult.failed(text) if code >= 500 else SendResult.retry(text)
     if isinstance(error, smtplib.SMTPResponseException):
         code = error.smtp_code

@@ -315,6 +315,28 @@ def _retry_after(parameters: dict[str, Any]) -> float:
     return min(max(seconds, 1.0), 86400.0) if math.isfinite(seconds) else 1.0
 
 
+#: answers that say the chat takes no more messages from this bot (SPEC §11)
+GONE_ANSWERS = {
+    403: (
+        "bot was blocked by the user",
+        "user is deactivated",
+        "bot was kicked",
+        "bot can't initiate conversation",
+    ),
+    400: ("chat not found",),
+}
+
+
+def is_gone(code: int, description: str) -> bool:
+    lowered = description.lower()
+    return any(answer in lowered for answer in GONE_ANSWERS.get(code, ()))
+
+
+def suppression_key(address: str) -> str:
+    """What a "gone" answer suppresses: the bot's chat, every topic in it."""
+    return address.partition("#")[0]
+
+
 def classify_response(
     status: int, data: dict[str, Any] | None, *, chat_id: str | None = None
 ) -> SendResult:
@@ -342,6 +364,8 @@ def classify_response(
         return SendResult.failed(f"{error} (the new chat id given is not valid)", status)
     if code in (401, 404):
         return SendResult.bad_credentials(error, status)
+    if is_gone(code, description):
+        return SendResult.gone(error, status)
     if code >= 500 or status >= 500:
         return SendResult.retry(error, status)
     return SendResult.failed(error, status)

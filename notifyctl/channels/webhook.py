@@ -311,6 +311,8 @@ def classify_response(status: int, retry_after: str | None, *, now: float) -> Se
         return SendResult.retry(error, status)
     if status >= 500:
         return SendResult.retry(error, status)
+    if status == 410:  # Gone: the receiver says this URL takes nothing any more
+        return SendResult.gone(error, status)
     return SendResult.failed(error, status)
 
 

@@ -1,0 +1,142 @@
+"""Recipient health (SPEC §11): a recipient that is gone is suppressed, and the reminders
+waiting for it move on along their chains (or end).
+
+Everything here runs inside the caller's transaction: the dispatch writer's
+(the answer that said "gone"), rescue's, or ``recipients unsuppress``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from . import queries
+from .models import Reason, RecipientState, Status
+from .queries import DueReminder
+from .routes import (
+    Address,
+    Route,
+    Suppressed,
+    alternatives,
+    first_available,
+    health_key,
+    health_keys,
+    shown_address,
+)
+from .runs import Action
+
+
+def suppressed_for(conn: Connection, routes: Iterable[str]) -> Suppressed:
+    """The suppressed alternatives of these routes (stored texts)."""
+    return suppressed_among(conn, (alternatives(route) for route in routes))
+
+
+def suppressed_among(conn: Connection, routes: Iterable[Route]) -> Suppressed:
+    """The suppressed alternatives of these routes."""
+    return Suppressed(queries.suppressed_among(conn, health_keys(routes)))
+
+
+def moved_on(left: Address, to: tuple[int, Address], why: str, now: datetime) -> dict[str, Any]:
+    """The columns that move a reminder from ``left`` to its chain's alternative ``to``."""
+    position, (channel, recipient) = to
+    return {
+        "channel": channel,
+        "recipient": recipient,
+        "alternative": position,
+        "attempts": 0,
+        "due_at": now,
+        "status": Status.PENDING,
+        "reason": None,
+        "last_error": f"left {shown_address(left)}: {why}",
+        "updated_at": now,
+    }
+
+
+def fallback_history(
+    row: DueReminder, to: tuple[int, Address], why: str, now: datetime, run_id: int | None
+) -> dict[str, Any]:
+    """The history row that says which alternative was left, why, and for which."""
+    position, address = to
+    return {
+        "notification_id": row.id,
+        "run_id": run_id,
+        "started_at": now,
+        "finished_at": now,
+        "outcome": Action.FALLBACK,
+        "http_status": None,
+        "error": f"{why}; next: alternative {position + 1} ({shown_address(address)})",
+        "uncertain": False,
+        "channel": row.channel,
+    }
+
+
+@dataclass
+class Moved:
+    """What a suppression or a rescue did to the reminders it touched."""
+
+    fallbacks: list[str] = field(default_factory=list)  # the channel each one left
+    ended: int = 0
+
+
+def move_along(
+    conn: Connection,
+    rows: Sequence[DueReminder],
+    suppressed: Container[Address],
+    why: str,
+    end: dict[str, Any],
+    now: datetime,
+    run_id: int | None,
+) -> Moved:
+    """Pending reminders → their chain's next available alternative, or ``end`` (columns)."""
+    moved = Moved()
+    updates: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    for row in rows:
+        to = first_available(alternatives(row.route), suppressed, row.alternative + 1)
+        if to is None:
+            updates.append({"n_id": row.id, **end, "updated_at": now})
+            moved.ended += 1
+            continue
+        updates.append({"n_id": row.id, **moved_on((row.channel, row.recipient), to, why, now)})
+        history.append(fallback_history(row, to, why, now, run_id))
+        moved.fallbacks.append(row.channel)
+    queries.update_pending(conn, updates)
+    queries.insert_attempts(conn, history)
+    return moved
+
+
+def suppress(
+    conn: Connection,
+    address: Address,
+    detail: str | None,
+    now: datetime,
+    run_id: int | None = None,
+) -> Moved:
+    """Mark the recipient gone; its other pending reminders and notices move on or end."""
+    key = health_key(address)
+    queries.set_recipient_state(
+        conn, *key, RecipientState.SUPPRESSED, now, Reason.RECIPIENT_GONE, detail
+    )
+    rows = queries.pending_of_recipient(conn, *key)
+    suppressed = suppressed_for(conn, (row.route for row in rows))
+    suppressed.keys.add(key)
+    why = f"{Reason.SUPPRESSED}: {shown_address(key)} takes no more messages"
+    end = {"status": Status.CANCELLED, "reason": Reason.SUPPRESSED, "last_error": why}
+    return move_along(conn, rows, suppressed, why, end, now, run_id)
+
+
+def fall_back_spent(
+    conn: Connection, ids: Sequence[int], now: datetime, run_id: int | None
+) -> Moved:
+    """Rescued reminders whose last attempt ran out with their run: the next alternative."""
+    if not ids:
+        return Moved()
+    rows = queries.reminders_by_id(conn, ids)
+    suppressed = suppressed_for(conn, (row.route for row in rows))
+    why = f"{Reason.GAVE_UP}: lease expired on the last attempt"
+    end = {"status": Status.FAILED, "reason": Reason.GAVE_UP, "last_error": why}
+    return move_along(conn, rows, suppressed, why, end, now, run_id)
