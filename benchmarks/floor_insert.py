@@ -38,8 +38,8 @@ BOOKING_SQL = (
     "status, created_at, updated_at) VALUES ({})"
 )
 NOTIFICATION_SQL = (
-    "INSERT INTO notifications (booking_id, kind, channel, recipient, scheduled_at, "
-    "not_after, due_at, status, attempts, created_at, updated_at) VALUES ({})"
+    "INSERT INTO notifications (booking_id, kind, channel, recipient, route, alternative, "
+    "scheduled_at, not_after, due_at, status, attempts, created_at, updated_at) VALUES ({})"
 )
 
 
@@ -80,8 +80,8 @@ def rows(
             scheduled = t((start if anchor == "start" else end) + offset)
             not_after = start_t if until == "start" else end_t
             reminders.append(
-                (bid, (kind, "telegram", r["to"], scheduled, not_after, scheduled, "pending", 0,
-                       stamp, stamp))
+                (bid, (kind, "telegram", r["to"], f"telegram:{r['to']}", 0, scheduled, not_after,
+                       scheduled, "pending", 0, stamp, stamp))
             )  # fmt: skip
     return bookings, reminders
 
@@ -97,7 +97,7 @@ def write_sqlite(path: str, records: list[dict[str, Any]]) -> int:
     conn.executemany(BOOKING_SQL.format(",".join("?" * 10)), bookings)
     ids = dict(conn.execute("SELECT external_id, id FROM bookings"))
     conn.executemany(
-        NOTIFICATION_SQL.format(",".join("?" * 11)), [(ids[b], *n) for b, n in reminders]
+        NOTIFICATION_SQL.format(",".join("?" * 13)), [(ids[b], *n) for b, n in reminders]
     )
     conn.execute("COMMIT")
     conn.close()

@@ -98,7 +98,7 @@ def _columns(fill: Fill, t: str, mod: str = "%") -> tuple[str, str]:
         )
         return booking, (
             f"s.i, k.kind, 'telegram', {chat}, {t.format(late)}, {t.format(not_after)}, "
-            f"{t.format(late)}, {status}"
+            f"{t.format(late)}, {status}, 'telegram:' || {chat}"
         )
     if fill.mode == "sent":
         status = (
@@ -111,7 +111,7 @@ def _columns(fill: Fill, t: str, mod: str = "%") -> tuple[str, str]:
         )
     notification = (
         f"s.i, k.kind, 'telegram', {chat}, {t.format(scheduled)}, {t.format(not_after)}, "
-        f"{t.format(scheduled)}, {status}"
+        f"{t.format(scheduled)}, {status}, 'telegram:' || {chat}"
     )
     return booking, notification
 
@@ -123,7 +123,7 @@ BOOKING_COLUMNS = (
 NOTIFICATION_COLUMNS = (
     "booking_id, kind, channel, recipient, scheduled_at, not_after, due_at, status, "
     "attempts, last_error, lease_token, lease_expires_at, sent_at, provider_message_id, "
-    "created_at, updated_at"
+    "created_at, updated_at, route"
 )
 
 

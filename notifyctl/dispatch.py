@@ -45,7 +45,7 @@ from .message import build_message, load_templates
 from .models import Reason, Status
 from .pacing import Allowance, Pacer, Patiently
 from .queries import BookingRow
-from .routes import alternatives, has_next, route_text, shown_address
+from .routes import alternatives, has_next, route_text
 from .runs import Action, DispatchOptions, RunReport
 
 __all__ = ["DispatchOptions", "Dispatcher", "RunReport"]
@@ -772,7 +772,8 @@ def _outcome_values(
     """The columns one outcome writes (a release touches nothing but its lease)."""
     if outcome.next_alternative is not None:
         why = f"{outcome.reason}: {outcome.error}"
-        return health.moved_on((claim.channel, claim.recipient), outcome.next_alternative, why, now)
+        left = (claim.channel, claim.recipient)
+        return health.moved_on(left, outcome.next_alternative, why, now, now)
     values: dict[str, Any] = {"status": outcome.status, "updated_at": now}
     if outcome.action not in (Action.RELEASED, Action.BAD_CREDENTIALS):
         values.update(last_error=outcome.error, reason=outcome.reason)
@@ -794,11 +795,8 @@ def _attempt_row(sent: Attempted, run_id: int | None, outcome: Outcome) -> dict[
     result = sent.result
     error = redact(result.error) if result.error else None
     if outcome.next_alternative is not None:  # the history says why the alternative was left
-        position, address = outcome.next_alternative
-        error = (
-            f"{outcome.reason}: {error}; "
-            f"next: alternative {position + 1} ({shown_address(address)})"
-        )
+        left = (sent.claim.channel, sent.claim.recipient)
+        error = health.left_for(left, f"{outcome.reason}: {error}", outcome.next_alternative)
     return {
         "notification_id": sent.claim.id,
         "run_id": run_id,

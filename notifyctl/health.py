@@ -40,7 +40,9 @@ def suppressed_among(conn: Connection, routes: Iterable[Route]) -> Suppressed:
     return Suppressed(queries.suppressed_among(conn, health_keys(routes)))
 
 
-def moved_on(left: Address, to: tuple[int, Address], why: str, now: datetime) -> dict[str, Any]:
+def moved_on(
+    left: Address, to: tuple[int, Address], why: str, due_at: datetime, now: datetime
+) -> dict[str, Any]:
     """The columns that move a reminder from ``left`` to its chain's alternative ``to``."""
     position, (channel, recipient) = to
     return {
@@ -48,7 +50,7 @@ def moved_on(left: Address, to: tuple[int, Address], why: str, now: datetime) ->
         "recipient": recipient,
         "alternative": position,
         "attempts": 0,
-        "due_at": now,
+        "due_at": due_at,
         "status": Status.PENDING,
         "reason": None,
         "last_error": f"left {shown_address(left)}: {why}",
@@ -56,11 +58,19 @@ def moved_on(left: Address, to: tuple[int, Address], why: str, now: datetime) ->
     }
 
 
+def left_for(left: Address, why: str, to: tuple[int, Address]) -> str:
+    """What the history says of a fallback: which alternative was left, why, and for which."""
+    position, address = to
+    return (
+        f"left {shown_address(left)}: {why}; "
+        f"next: alternative {position + 1} ({shown_address(address)})"
+    )
+
+
 def fallback_history(
     row: DueReminder, to: tuple[int, Address], why: str, now: datetime, run_id: int | None
 ) -> dict[str, Any]:
     """The history row that says which alternative was left, why, and for which."""
-    position, address = to
     return {
         "notification_id": row.id,
         "run_id": run_id,
@@ -68,7 +78,7 @@ def fallback_history(
         "finished_at": now,
         "outcome": Action.FALLBACK,
         "http_status": None,
-        "error": f"{why}; next: alternative {position + 1} ({shown_address(address)})",
+        "error": left_for((row.channel, row.recipient), why, to),
         "uncertain": False,
         "channel": row.channel,
     }
@@ -101,7 +111,10 @@ def move_along(
             updates.append({"n_id": row.id, **end, "updated_at": now})
             moved.ended += 1
             continue
-        updates.append({"n_id": row.id, **moved_on((row.channel, row.recipient), to, why, now)})
+        # a reminder not yet due keeps its time on the next alternative
+        due_at = max(row.due_at, now)
+        values = moved_on((row.channel, row.recipient), to, why, due_at, now)
+        updates.append({"n_id": row.id, **values})
         history.append(fallback_history(row, to, why, now, run_id))
         moved.fallbacks.append(row.channel)
     queries.update_pending(conn, updates)

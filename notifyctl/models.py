@@ -126,6 +126,12 @@ class Booking(Base):
     )
 
 
+def _single_route(context: Any) -> str:
+    """An insert that names no route: the reminder goes to its one recipient."""
+    given = context.get_current_parameters()
+    return f"{given['channel']}:{given['recipient']}"
+
+
 class Notification(Base):
     __tablename__ = "notifications"
 
@@ -136,7 +142,7 @@ class Notification(Base):
     recipient: Mapped[str] = mapped_column(String(2048))  # the alternative in use
     # the chain of alternatives ("telegram:1|email:a@b.org"; one for a plain recipient) and
     # the position of the one in use (0: the first)
-    route: Mapped[str] = mapped_column(String(ROUTE_LENGTH))
+    route: Mapped[str] = mapped_column(String(ROUTE_LENGTH), default=_single_route)
     alternative: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime)
     not_after: Mapped[datetime] = mapped_column(UTCDateTime)

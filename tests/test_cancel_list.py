@@ -30,6 +30,8 @@ LIST_FIELDS = [
     "attempts",
     "last_error",
     "sent_at",
+    "route",
+    "alternative",
 ]
 TIME_FIELDS = ("scheduled_at", "not_after", "due_at", "sent_at")
 
@@ -247,6 +249,8 @@ def test_list_json_is_one_array_with_exactly_the_documented_fields(
         "attempts": 3,
         "last_error": "chat not found",
         "sent_at": "2030-01-09T17:00:01Z",
+        "route": "console:a",
+        "alternative": 1,
     }
 
 

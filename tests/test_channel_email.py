@@ -444,13 +444,24 @@ def test_a_dropped_idle_connection_is_opened_again(smtp: SmtpServer) -> None:
     assert first.peer != second.peer
 
 
-def test_recipient_5xx_fails_and_the_connection_goes_on(smtp: SmtpServer) -> None:
-    smtp.recorder.rcpt_replies["gone@example.org"] = "550 5.1.1 <gone@example.org>: no such user"
+@pytest.mark.parametrize(
+    ("code", "delivery"),
+    [(550, Delivery.GONE), (551, Delivery.GONE), (553, Delivery.GONE), (554, Delivery.FAILED)],
+)
+def test_recipient_5xx_fails_and_the_connection_goes_on(
+    smtp: SmtpServer, code: int, delivery: Delivery
+) -> None:
+    """550/551/553 for the mailbox: it is gone (suppressed, SPEC §11); other 5xx fail it."""
+    smtp.recorder.rcpt_replies["gone@example.org"] = (
+        f"{code} 5.1.1 <gone@example.org>: no such user"
+    )
     with open_channel(smtp.url()) as ch:
         refused = ch.send(make_message("gone@example.org", 1))
         accepted = ch.send(make_message("alice@example.org", 2))
-    assert refused.delivery is Delivery.FAILED
-    assert refused.error == "SMTP 550: recipient refused: 5.1.1 <gone@example.org>: no such user"
+    assert refused.delivery is delivery
+    assert (
+        refused.error == f"SMTP {code}: recipient refused: 5.1.1 <gone@example.org>: no such user"
+    )
     assert accepted.delivery is Delivery.SENT
     assert [d.rcpt_tos for d in smtp.recorder.delivered] == [["alice@example.org"]]
     assert len({d.peer for d in smtp.recorder.delivered}) == 1
@@ -652,7 +663,7 @@ def test_the_smtp_password_never_appears_in_any_error(auth_smtp: SmtpServer) -> 
         with open_channel(url) as ch:
             results.append(ch.send(build()))
     assert [r.delivery for r in results] == [
-        Delivery.FAILED,
+        Delivery.GONE,
         Delivery.RETRY,
         Delivery.FAILED,
         Delivery.BAD_CREDENTIALS,

@@ -296,7 +296,15 @@ def test_other_5xx_and_unusable_retry_after_back_off(
     assert "upstream" not in (result.error or "")
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 413, 422])
+def test_410_gone_says_the_receiver_takes_nothing_more(
+    receiver: HttpReceiver, channel: wh.WebhookChannel
+) -> None:
+    receiver.script(Answer(410, body=b'{"error":"gone"}'))
+    result = channel.send(make_message(receiver.url()))
+    assert result == SendResult.gone(wh.status_line(410), 410)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
 def test_other_4xx_fail_at_once(
     receiver: HttpReceiver, channel: wh.WebhookChannel, status: int
 ) -> None:

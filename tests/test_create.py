@@ -315,6 +315,7 @@ def test_json_output_reports_action_and_counts(cli: Cli, database_url: str) -> N
         "notices": 0,
         "notices_withdrawn": 0,
         "skipped": [],
+        "suppressed": [],
         "timezone": "UTC+01:00",  # none given: the times' offset, said so
     }
     assert db.counts(database_url) == (1, 8)

@@ -289,19 +289,30 @@ def test_classify_migrate_to_chat_id() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "reply"),
+    ("status", "reply", "delivery"),
     [
-        (400, chat_not_found()),
-        (400, error(400, "Bad Request: can't parse entities")),
-        (403, blocked_by_user()),
-        (403, error(403, "Forbidden: bot was kicked from the group chat")),
-        (403, error(403, "Forbidden: user is deactivated")),
+        (400, chat_not_found(), Delivery.GONE),
+        (400, error(400, "Bad Request: can't parse entities"), Delivery.FAILED),
+        (403, blocked_by_user(), Delivery.GONE),
+        (403, error(403, "Forbidden: bot was kicked from the group chat"), Delivery.GONE),
+        (403, error(403, "Forbidden: user is deactivated"), Delivery.GONE),
+        (403, error(403, "Forbidden: bot can't initiate conversation with a user"), Delivery.GONE),
+        (403, error(403, "Forbidden: not enough rights to send text messages"), Delivery.FAILED),
     ],
-    ids=["chat-not-found", "bad-entities", "blocked", "kicked", "deactivated"],
+    ids=[
+        "chat-not-found",
+        "bad-entities",
+        "blocked",
+        "kicked",
+        "deactivated",
+        "cannot-initiate",
+        "no-rights",
+    ],
 )
-def test_classify_400_and_403_fail_at_once(status: int, reply: Reply) -> None:
+def test_classify_400_and_403_fail_at_once(status: int, reply: Reply, delivery: Delivery) -> None:
+    """The answers SPEC §11 lists say the chat is gone (suppressed); others fail the message."""
     result = telegram.classify_response(status, _body(reply))
-    assert result.delivery is Delivery.FAILED
+    assert result.delivery is delivery
     assert result.http_status == status
     assert result.error == f"{status}: {_body(reply)['description']}"
 

@@ -87,6 +87,7 @@ def test_stats_and_list_summary_agree_with_the_attempts_history(
         "lease_lost": 0,
         "edited": 0,
         "edit_failed": 0,
+        "fallback": 0,
     }
     assert (second.claimed, second.sent, second.exit_code) == (1, 1, 0)
 

@@ -8,6 +8,8 @@ Usage::
         assert [r.path for r in rx.requests] == ["/hook", "/hook"]
 
 Every request is recorded; the scripted answers are used in order, then 200.
+``answer_path(path, answer)`` gives one path a standing answer (``Answer(410)``
+for a receiver that is gone) ahead of the script, until ``clear_path``.
 ``hang`` holds the request until the receiver stops (a read timeout for the
 client), ``drop`` closes the connection without any answer. Stopping shuts
 down every open connection, so a keep-alive connection the client left open
@@ -55,6 +57,7 @@ class HttpReceiver:
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self._answers: deque[Answer] = deque()
+        self._by_path: dict[str, Answer] = {}  # standing answers, by path without the query
         self._lock = threading.Lock()
         self.release = threading.Event()
         self.server = _Server(self)
@@ -68,9 +71,21 @@ class HttpReceiver:
         with self._lock:
             self._answers.extend(answers)
 
+    def answer_path(self, path: str, answer: Answer) -> None:
+        """Answer every request to ``path`` (query ignored) with ``answer``, ahead of the script."""
+        with self._lock:
+            self._by_path[path] = answer
+
+    def clear_path(self, path: str) -> None:
+        with self._lock:
+            self._by_path.pop(path, None)
+
     def record(self, request: Received) -> Answer:
         with self._lock:
             self.requests.append(request)
+            standing = self._by_path.get(request.path.partition("?")[0])
+            if standing is not None:
+                return standing
             return self._answers.popleft() if self._answers else Answer()
 
     def stop(self) -> None:
