@@ -249,6 +249,67 @@ def test_history_outcomes_renamed_by_the_migration(database_url: str) -> None:
     assert outcomes == ["retried", "rescued", "sent"]
 
 
+def test_routes_migration_keeps_reminders_and_their_history(database_url: str) -> None:
+    """0004 rebuilds notifications on SQLite: every row and every history row survive,
+    each reminder becomes a chain of one, and the partial indexes are the same."""
+    engine = make_engine(database_url, create_file=False)
+    indexes_before = _notification_indexes(database_url)
+    migrations.downgrade(engine, "0003")
+    t = "'2026-06-01 12:00:00'"
+    with db.connect(database_url) as conn:
+        conn.execute(
+            text(
+                "INSERT INTO bookings (external_id, title, starts_at, ends_at, timezone, "
+                f"status, created_at, updated_at) VALUES ('b', 't', {t}, "
+                f"'2026-06-01 13:00:00', 'UTC', 'active', {t}, {t})"
+            )
+        )
+        for recipient in ("123", "https://example.com/hook?a=1|2"):
+            channel = "webhook" if recipient.startswith("https") else "telegram"
+            conn.execute(
+                text(
+                    "INSERT INTO notifications (booking_id, kind, channel, recipient, "
+                    "scheduled_at, not_after, due_at, status, attempts, created_at, "
+                    "updated_at) SELECT id, 'at_start', :c, :r, starts_at, ends_at, starts_at, "
+                    "'sent', 1, starts_at, starts_at FROM bookings"
+                ),
+                {"c": channel, "r": recipient},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO delivery_attempts (notification_id, started_at, finished_at, "
+                "outcome, uncertain) SELECT id, due_at, due_at, 'sent', false FROM notifications"
+            )
+        )
+    migrations.upgrade(engine)
+    engine.dispose()
+    with db.connect(database_url) as conn:
+        routes = conn.execute(
+            text("SELECT recipient, route, alternative FROM notifications ORDER BY id")
+        ).all()
+        history = conn.scalar(text("SELECT count(*) FROM delivery_attempts"))
+    assert [tuple(r) for r in routes] == [
+        ("123", "telegram:123", 0),
+        ("https://example.com/hook?a=1|2", "webhook:https://example.com/hook?a=1%7C2", 0),
+    ]
+    assert history == 2
+    assert _notification_indexes(database_url) == indexes_before
+
+
+def _notification_indexes(url: str) -> list[tuple[str, list[str], dict[str, str]]]:
+    """Name, columns and (partial indexes) WHERE clause of each index on notifications."""
+    with db.connect(url) as conn:
+        found = inspect(conn).get_indexes("notifications")
+    return sorted(
+        (
+            i["name"] or "",
+            [str(c) for c in i["column_names"]],
+            {k: str(v) for k, v in i.get("dialect_options", {}).items()},
+        )
+        for i in found
+    )
+
+
 # --- database errors: exit 4 and 3 -------------------------------------------------------------
 
 COMMANDS_NEEDING_A_STORE = [
