@@ -373,7 +373,9 @@ def create(
             "token is not set yet is accepted here; dispatch needs it); "
             "telegram:CHAT#TOPIC (or BOT/CHAT#TOPIC) posts into a forum topic. "
             "Commas separate several (123,@news) in a value without a scheme or one "
-            "of Telegram ids/@names only; a URL keeps its commas.",
+            "of Telegram ids/@names only; a URL keeps its commas. "
+            "| chains alternatives, tried in turn when one fails for good: "
+            "'123456789|email:ann@example.com' (a literal | in a URL: %7C).",
         ),
     ] = None,
     title: Annotated[str | None, typer.Option(help="What the booking is, e.g. Yoga.")] = None,
@@ -1012,7 +1014,7 @@ def _configure_logging(verbose: bool) -> None:
 
 recipients_app = typer.Typer(
     cls=NotifyctlGroup,
-    help="Recipients and their health: who is suppressed, and why (SPEC §11).",
+    help="Recipients and their health: who is suppressed, and why; unsuppress.",
     invoke_without_command=True,
     rich_markup_mode=None,
 )
