@@ -594,7 +594,7 @@ def expire_useless(conn: Connection, now: datetime) -> int:
 
 
 def _superseded(now: datetime) -> Any:
-    """A later reminder of the same booking and recipient is due or already sent.
+    """A later reminder of the same booking and recipient (or chain) is due or already sent.
 
     Change notices are neither superseded nor supersede: each tells something new.
     """
@@ -602,8 +602,7 @@ def _superseded(now: datetime) -> Any:
     return N.kind.not_in(NOTICE_KINDS) & exists().where(
         later.kind.not_in(NOTICE_KINDS),
         later.booking_id == N.booking_id,
-        later.channel == N.channel,
-        later.recipient == N.recipient,
+        later.route == N.route,  # the same recipient, or chain, whichever alternative
         later.scheduled_at > N.scheduled_at,
         or_(
             later.status == Status.SENT,

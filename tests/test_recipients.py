@@ -864,3 +864,28 @@ def test_four_dispatch_processes_deliver_every_chain_exactly_once(
     assert outcomes["fallback"] == CHAINS // 2
     suppressed_now = json.loads(cli.ok("recipients", "--suppressed", "--format", "json").stdout)
     assert len(suppressed_now) == CHAINS // 2
+
+
+def test_a_later_reminder_supersedes_an_earlier_one_on_another_alternative(
+    world: World,
+) -> None:
+    """Only the latest reminder of a chain is sent, whichever alternative each is on."""
+    w = world
+    start = w.clock() + timedelta(days=1, minutes=-1)  # day_before due now, hour_before in 23 h
+    book(w, "a", CHAIN, start=start, remind="day_before,hour_before")
+    w.tg.script(CHAT, error(500, "Internal Server Error"), error(500, "Internal Server Error"))
+    w.smtp.refuse(ANN, "451 4.2.0 try again later")
+    dispatch(w, "--max-attempts", "2")
+    w.clock.advance(60)  # past the backoff: telegram gives up, the email is refused for now
+    assert dispatch(w, "--max-attempts", "2")["fallback"] == 1
+    day_before = stored(w, "a")[("day_before", "email", ANN)]
+    assert (day_before["status"], day_before["attempts"]) == ("pending", 1), day_before
+    w.smtp.accept(ANN)
+
+    w.clock.set(start - HOUR)  # the email's retry and hour_before on telegram are both due
+    report = dispatch(w, "--max-attempts", "2")
+
+    assert (report["sent"], report["expired"]) == (1, 1), report
+    assert w.smtp.messages == []
+    assert [m.status for m in w.tg.messages][-1] == 200
+    assert stored(w, "a")[("day_before", "email", ANN)]["reason"] == "superseded"
