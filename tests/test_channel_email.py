@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from notifyctl.channels import email as em
@@ -28,6 +27,7 @@ from notifyctl.channels import parse_recipient
 from notifyctl.channels.base import ChannelContext, Delivery, Message, SendResult
 from notifyctl.config import Settings
 from notifyctl.errors import ConfigError, InvalidInput
+from tests.fakes.smtp import EphemeralController
 
 # aiosmtpd warns about AUTH over plain text, which the loopback tests do on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
@@ -103,15 +103,6 @@ class Recorder:
         return "221 Bye"
 
 
-class _Controller(Controller):
-    """aiosmtpd's Controller on an ephemeral port (port=0)."""
-
-    def _trigger_server(self) -> None:
-        assert isinstance(self.server, asyncio.Server)
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()  # type: ignore[no-untyped-call]
-
-
 @dataclass
 class SmtpServer:
     controller: Any
@@ -141,7 +132,7 @@ class SmtpServer:
 def running_smtp(**kwargs: Any) -> Iterator[SmtpServer]:
     kwargs.setdefault("hostname", "127.0.0.1")
     recorder = Recorder()
-    controller = _Controller(recorder, port=0, **kwargs)
+    controller = EphemeralController(recorder, port=0, **kwargs)
     controller.start()
     try:
         yield SmtpServer(controller, recorder)

@@ -9,7 +9,6 @@ must receive exactly one message, in the operator's words, escaped for it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import email
 import email.policy
@@ -31,13 +30,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from sqlalchemy import select
 
 from notifyctl.db import make_engine
 from notifyctl.models import DeliveryAttempt, Notification
 from tests.fakes.http_receiver import Answer, HttpReceiver, closed_port
+from tests.fakes.smtp import EphemeralController
 from tests.fakes.telegram import FakeTelegram
 from tests.support import Cli, CliResult
 
@@ -88,15 +87,6 @@ class SmtpRecorder:
         return parsed
 
 
-class _Controller(Controller):
-    """aiosmtpd's Controller on an ephemeral port (port=0)."""
-
-    def _trigger_server(self) -> None:
-        assert isinstance(self.server, asyncio.Server)
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()  # type: ignore[no-untyped-call]
-
-
 @dataclass
 class SmtpServer:
     controller: Any
@@ -110,7 +100,7 @@ class SmtpServer:
 @contextlib.contextmanager
 def running_smtp(**kwargs: Any) -> Iterator[SmtpServer]:
     recorder = SmtpRecorder()
-    controller = _Controller(recorder, hostname="127.0.0.1", port=0, **kwargs)
+    controller = EphemeralController(recorder, hostname="127.0.0.1", port=0, **kwargs)
     controller.start()
     try:
         yield SmtpServer(controller, recorder)

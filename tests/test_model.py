@@ -84,7 +84,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, func, inspect, select, text
 
 from notifyctl import queries
 from notifyctl.channels import CHANNELS, channel_module
@@ -96,6 +96,7 @@ from notifyctl.errors import InvalidInput
 from notifyctl.kinds import is_notice
 from notifyctl.message import render_for
 from notifyctl.models import Booking, DeliveryAttempt, Notification
+from notifyctl.runs import Action
 from notifyctl.service import Store, cancel, create_booking
 from tests import model_channel
 from tests.support import FrozenClock
@@ -118,6 +119,8 @@ MODEL_SETTINGS = settings(
 N = Notification
 BOOKING_IDS = ("b1", "b2", "b3")
 PERSONS = ("a", "b", "c")  # a person's first address is its name
+#: what one ``--to`` names: a person, or a chain of two alternatives (SPEC §11)
+TARGETS = ("a", "b", "c", "a|b", "b|c", "c|a")
 KIND_NAMES = ("day_before", "hour_before", "at_start", "before_end")
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")
 LIVE = ("pending", "sending")
@@ -137,7 +140,7 @@ def kind_times(kind: str, start: datetime, end: datetime) -> tuple[datetime, dat
 
 # --- the model ------------------------------------------------------------------------
 
-Key = tuple[str, str, str]  # (booking id, kind, person)
+Key = tuple[str, str, str]  # (booking id, kind, target: a person, or a chain "a|b" of persons)
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,7 @@ class Interference(NamedTuple):
 class Step(NamedTuple):
     """What the provider does with one message (in the order messages are sent)."""
 
-    outcome: str  # ok | 429/<s> | 500 | 403 | migrate | timeout
+    outcome: str  # ok | 429/<s> | 500 | 403 | gone | migrate | timeout
     interference: Interference | None = None
 
 
@@ -220,7 +223,7 @@ starts_in = st.one_of(
 )
 durations = st.sampled_from([30, 60, 90, 180])
 outcomes = st.sampled_from(
-    ["ok", "ok", "429/1", "429/90", "429/400", "500", "403", "migrate", "timeout"]
+    ["ok", "ok", "429/1", "429/90", "429/400", "500", "403", "gone", "migrate", "timeout"]
 )
 interferences = st.one_of(
     st.none(),
@@ -252,6 +255,10 @@ class ReminderModel(RuleBasedStateMachine):
         self.addresses: dict[str, list[str]] = {p: [p] for p in PERSONS}
         self.owner: dict[str, str] = {p: p for p in PERSONS}
         self.crash_tokens: set[str] = set()
+        # recipient health (SPEC §11): address → when a "gone" answer suppressed it
+        self.suppressed: dict[str, datetime] = {}
+        # reminder → (alternative, claims seen on it since it got there): bounds its attempts
+        self.claims: dict[int, tuple[int, int]] = {}
         self.script: list[Step] = []
         self.violations: list[str] = []
         self.runs = 0
@@ -304,8 +311,42 @@ class ReminderModel(RuleBasedStateMachine):
                 )
             )
 
+    def target_of(self, route: str) -> str:
+        """The persons of a stored route ("model:a.1|model:b" → "a|b"): its identity in the
+        model, whatever chat migrations rewrote."""
+        return "|".join(self.person_of(part.split(":", 1)[1]) for part in route.split("|"))
+
     def key_of(self, row: Any) -> Key:
-        return (row.external_id, row.kind, self.person_of(row.recipient))
+        return (row.external_id, row.kind, self.target_of(row.route))
+
+    def check_not_suppressed(self, address: str, what: str) -> None:
+        """A suppressed recipient receives nothing after its suppression (SPEC §11)."""
+        since = self.suppressed.get(address)
+        if since is not None:
+            self.fail(f"{what} sent to {address}, suppressed since {since:%m-%d %H:%M:%S}")
+
+    def count_claim(self, notification_id: int, alternative: int, attempts: int, what: str) -> None:
+        """A claim of a reminder on its alternative: attempts count only claims on that
+        alternative (a fallback starts it again at 0; a re-arm or a give-back lowers it)."""
+        seen = self.claims.get(notification_id)
+        count = seen[1] + 1 if seen is not None and seen[0] == alternative else 1
+        self.claims[notification_id] = (alternative, count)
+        self.check(
+            attempts <= count,
+            f"{what}: reminder {notification_id} claimed with attempts={attempts} on alternative "
+            f"{alternative} after {count} claim(s) there (a fallback kept the attempts?)",
+        )
+
+    def fallbacks(self) -> dict[int, int]:
+        """Per reminder, how many "fallback" entries its history holds."""
+        with self.store.reader() as conn:
+            return dict(
+                conn.execute(
+                    select(DeliveryAttempt.notification_id, func.count())
+                    .where(DeliveryAttempt.outcome == Action.FALLBACK)
+                    .group_by(DeliveryAttempt.notification_id)
+                ).all()
+            )
 
     def snapshot(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         with self.store.reader() as conn:
@@ -330,7 +371,8 @@ class ReminderModel(RuleBasedStateMachine):
         for row in self.rows():
             if self.key_of(row) == key:
                 lines.append(
-                    f"  row {row.id} to {row.recipient}: {row.status}, scheduled "
+                    f"  row {row.id} to {row.recipient} (alternative {row.alternative} of "
+                    f"{row.route}): {row.status} {row.reason or ''}, scheduled "
                     f"{row.scheduled_at:%m-%d %H:%M:%S}, due {row.due_at:%m-%d %H:%M:%S}, "
                     f"updated {row.updated_at:%m-%d %H:%M:%S}, attempts {row.attempts}, "
                     f"last_error {row.last_error!r}"
@@ -367,13 +409,22 @@ class ReminderModel(RuleBasedStateMachine):
         if model is not None and model.cancelled:
             self.fail(f"create of cancelled booking {booking_id} accepted: {result.action}")
             return
-        persons = [self.person_of(to.split(":", 1)[1]) for to in args.to]
+        # a route whose every alternative is suppressed is left out (SPEC §11)
+        targets, left_out = [], []
+        for to in args.to:
+            target = self.target_of(to)
+            current = [self.addresses[p][-1] for p in target.split("|")]
+            (left_out if all(a in self.suppressed for a in current) else targets).append(target)
+        self.check(
+            len(result.suppressed) == len(left_out),
+            f"create {booking_id} reported suppressed {result.suppressed}, expected {left_out}",
+        )
         wanted: dict[Key, tuple[datetime, datetime]] = {}
         for kind in args.remind:
             scheduled, not_after = kind_times(kind, args.starts_at, args.ends_at)
             if not_after > now and scheduled < not_after:
-                for person in persons:
-                    wanted[(booking_id, kind, person)] = (scheduled, not_after)
+                for target in targets:
+                    wanted[(booking_id, kind, target)] = (scheduled, not_after)
         what = f"create {booking_id}{' (replayed)' if replay else ''} reported {result.action}"
         if model is None:
             self.check(result.action == "created", what)
@@ -384,7 +435,7 @@ class ReminderModel(RuleBasedStateMachine):
             if replay and not stale:
                 self.check(result.action == "unchanged", f"{what}, not unchanged")
         self.check(
-            len(result.skipped) == len(args.remind) * len(persons) - len(wanted),
+            len(result.skipped) == len(args.remind) * len(targets) - len(wanted),
             f"{what} skipped {len(result.skipped)}",
         )
         if result.action == "unchanged":

@@ -76,8 +76,8 @@ class SmtpRecorder:
         return "250 2.0.0 accepted"
 
 
-class _Controller(Controller):
-    """aiosmtpd's Controller on an ephemeral port (port=0)."""
+class EphemeralController(Controller):
+    """aiosmtpd's Controller on an ephemeral port (port=0): the test servers' one way to start."""
 
     def _trigger_server(self) -> None:
         assert isinstance(self.server, asyncio.Server)
@@ -123,7 +123,7 @@ class SmtpServer:
 @contextlib.contextmanager
 def running_smtp(**kwargs: Any) -> Iterator[SmtpServer]:
     recorder = SmtpRecorder()
-    controller = _Controller(recorder, hostname="127.0.0.1", port=0, **kwargs)
+    controller = EphemeralController(recorder, hostname="127.0.0.1", port=0, **kwargs)
     controller.start()
     try:
         yield SmtpServer(controller, recorder)
