@@ -188,13 +188,13 @@ class Dispatcher:
             run_id = queries.start_run(conn, socket.gethostname(), os.getpid(), now)
             expired = queries.expire_useless(conn, now) + queries.expire_superseded(conn, now)
             rescued = queries.rescue_expired_leases(conn, now, self.options.max_attempts)
-            spent = health.fall_back_spent(conn, rescued.spent_chains, now, run_id)
+            moved = health.after_rescue(conn, rescued, now, run_id)
             due_senders = queries.due_senders(conn, now)
         report.run_id = run_id
         report.expired += expired
-        report.rescued += len(rescued.requeued) - spent.ended
-        report.failed += len(rescued.failed) + spent.ended
-        for channel in spent.fallbacks:
+        report.rescued += len(rescued.requeued) - moved.ended
+        report.failed += len(rescued.failed) + moved.ended - moved.cancelled
+        for channel in moved.fallbacks:
             report.count(Action.FALLBACK, channel)
         for name in due_senders:
             self._check_sender(name)

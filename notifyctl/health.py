@@ -89,7 +89,8 @@ class Moved:
     """What a suppression or a rescue did to the reminders it touched."""
 
     fallbacks: list[str] = field(default_factory=list)  # the channel each one left
-    ended: int = 0
+    ended: int = 0  # failed or cancelled (``end``) for want of an alternative
+    cancelled: int = 0  # of those, cancelled because their recipient was suppressed
 
 
 def move_along(
@@ -142,14 +143,28 @@ def suppress(
     return move_along(conn, rows, suppressed, why, end, now, run_id)
 
 
-def fall_back_spent(
-    conn: Connection, ids: Sequence[int], now: datetime, run_id: int | None
+def after_rescue(
+    conn: Connection, rescued: queries.Rescued, now: datetime, run_id: int | None
 ) -> Moved:
-    """Rescued reminders whose last attempt ran out with their run: the next alternative."""
-    if not ids:
+    """Requeued reminders that must not be tried again where they were: the next alternative.
+
+    Those whose last attempt ran out with their run (spent), and those whose recipient was
+    suppressed while they were out (``suppress`` moves only pending reminders; these were
+    ``sending``, and would otherwise go to a recipient that takes no more messages).
+    """
+    if not rescued.requeued:
         return Moved()
-    rows = queries.reminders_by_id(conn, ids)
+    rows = queries.reminders_by_id(conn, rescued.requeued)
     suppressed = suppressed_for(conn, (row.route for row in rows))
+    spent = set(rescued.spent_chains)
+    gave_up = [row for row in rows if row.id in spent]
+    stranded = [
+        row for row in rows if row.id not in spent and (row.channel, row.recipient) in suppressed
+    ]
     why = f"{Reason.GAVE_UP}: lease expired on the last attempt"
     end = {"status": Status.FAILED, "reason": Reason.GAVE_UP, "last_error": why}
-    return move_along(conn, rows, suppressed, why, end, now, run_id)
+    moved = move_along(conn, gave_up, suppressed, why, end, now, run_id)
+    why = f"{Reason.SUPPRESSED}: the recipient takes no more messages"
+    end = {"status": Status.CANCELLED, "reason": Reason.SUPPRESSED, "last_error": why}
+    also = move_along(conn, stranded, suppressed, why, end, now, run_id)
+    return Moved(moved.fallbacks + also.fallbacks, moved.ended + also.ended, also.ended)

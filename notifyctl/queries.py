@@ -981,12 +981,17 @@ def _route_after_move(old: str, new: str) -> ColumnElement[str]:
 
 
 def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: datetime) -> int:
-    """Move unsent reminders of a chat to its new address (Telegram chat migration).
+    """Follow a chat that moved (Telegram chat migration): its reminders name the new chat.
 
-    Their routes name the new chat too, so that a later create, mapped through
-    the remembered move, finds them.
+    Pending ones everywhere; and, of bookings that have not ended (found through their
+    ``ends_at`` index, not a scan of the history), every reminder whose route goes
+    through the old chat, whatever its status: a route is a reminder's identity within
+    its booking, and a later create, mapped through the remembered move, must find a
+    reminder that was already sent rather than arm it again. A reminder whose twin is
+    already on the new route keeps the old one (pending: cancelled as a duplicate).
     """
-    route = _route_after_move(f"{channel}:{old}", f"{channel}:{new}")
+    old_address, new_address = f"{channel}:{old}", f"{channel}:{new}"
+    route = _route_after_move(old_address, new_address)
     twin = aliased(N)
     clash = exists().where(
         twin.booking_id == N.booking_id,
@@ -994,10 +999,11 @@ def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: 
         twin.id != N.id,
         twin.route == route,
     )
-    mine = and_(N.channel == channel, N.recipient == old, N.status == Status.PENDING)
+    here = and_(N.channel == channel, N.recipient == old)
+    pending_here = and_(here, N.status == Status.PENDING)
     conn.execute(
         update(N)
-        .where(mine, clash)
+        .where(pending_here, clash)
         .values(
             status=Status.CANCELLED,
             reason=Reason.DUPLICATE,
@@ -1006,13 +1012,25 @@ def retarget_recipient(conn: Connection, channel: str, old: str, new: str, now: 
         )
         .execution_options(synchronize_session=False)
     )
-    result = conn.execute(
+    moved = conn.execute(
         update(N)
-        .where(mine)
+        .where(pending_here)
         .values(recipient=new, route=route, updated_at=now)
         .execution_options(synchronize_session=False)
+    ).rowcount
+    wrapped = "|" + N.route + "|"
+    through_old = and_(
+        N.booking_id.in_(select(B.id).where(B.ends_at > now)),
+        wrapped.contains(f"|{old_address}|", autoescape=True),
+        ~wrapped.contains(f"|{new_address}|", autoescape=True),
     )
-    return result.rowcount
+    conn.execute(
+        update(N)
+        .where(through_old, ~clash)
+        .values(route=route, recipient=case((here, new), else_=N.recipient))
+        .execution_options(synchronize_session=False)
+    )
+    return moved
 
 
 def route_taken(conn: Connection, notification_id: int, route: str) -> bool:

@@ -428,6 +428,36 @@ def test_chat_migration_keeps_the_other_reminders_on_schedule(
         assert later["due_at"] == later["scheduled_at"]
 
 
+def test_a_replayed_create_after_the_chat_moved_arms_nothing_sent_again(
+    store: Store, clock: FrozenClock, tg: FakeTelegram
+) -> None:
+    start = clock() + timedelta(minutes=30)
+    booking = {
+        "starts_at": start,
+        "ends_at": start + timedelta(hours=1),
+        "to": ["-4001"],
+        "remind": ["hour_before", "before_end"],
+        "timezone": "Europe/Berlin",
+    }
+    create_booking(store, "b1", **booking)
+    run(store, clock, tg)  # b1's hour_before went to the old chat
+    remind(store, "b2", "-4001")
+    tg.script("-4001", migrated(-1004001))
+    run(store, clock, tg)  # b2's answer says the chat moved
+    sent = len(tg.sent())
+
+    replayed = create_booking(store, "b1", **booking)  # the booking system re-syncs b1
+    run(store, clock, tg)
+
+    assert replayed.action == "unchanged"
+    assert len(tg.sent()) == sent
+    went = reminder(store, booking="b1")
+    assert (went["status"], went["recipient"]) == (Status.SENT, "-1004001")
+    assert went["route"] == "telegram:-1004001"
+    assert reminder(store, "before_end", booking="b1")["recipient"] == "-1004001"
+    assert len(reminders(store)) == 3
+
+
 # --- passing failures: backoff ---------------------------------------------------------
 
 
@@ -823,6 +853,28 @@ def test_rescue_fails_a_reminder_out_of_attempts(
     assert row["lease_token"] is None
     assert [a["outcome"] for a in attempts(store)] == ["rescued"]
     assert tg.messages == []
+
+
+@pytest.mark.parametrize(
+    ("to", "fate"),
+    [("555", (Status.CANCELLED, "555", "suppressed")), ("555|666", (Status.SENT, "666", None))],
+    ids=["alone", "chain"],
+)
+def test_rescue_never_sends_to_a_recipient_suppressed_while_the_run_was_out(
+    store: Store, clock: FrozenClock, tg: FakeTelegram, to: str, fate: tuple[Any, ...]
+) -> None:
+    remind(store, "b1", to)
+    claim(store, "crashed-run", lease=300)
+    remind(store, "b2", "555")
+    tg.script("555", blocked_by_user())
+    run(store, clock, tg)  # b2 is refused: 555 is suppressed while b1 is out
+    clock.advance(301)
+
+    run(store, clock, tg)
+
+    rescued = reminder(store)
+    assert (rescued["status"], rescued["recipient"], rescued["reason"]) == fate
+    assert [m.chat_id for m in tg.sent()] == (["666"] if fate[1] == "666" else [])
 
 
 def test_a_live_lease_is_left_alone(store: Store, clock: FrozenClock, tg: FakeTelegram) -> None:

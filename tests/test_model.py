@@ -9,9 +9,10 @@ on SQLite and on PostgreSQL, and checks the guarantees after every step.
 How it is built
 - The provider is faked at the channel boundary: channel ``model``
   (tests/model_channel.py) asks ``ReminderModel._provider`` what happens to each
-  message. The answer comes from the run's script: ok, 429, 500, 403, a chat
-  migration, or a timeout after the request left (the message arrived; the
-  engine is told "retry, uncertain"). A script step may also run a reschedule,
+  message. The answer comes from the run's script: ok, 429, 500, 403 (a plain
+  permanent failure), gone (``SendResult.gone``: the recipient is suppressed,
+  SPEC §11), a chat migration, or a timeout after the request left (the message
+  arrived; the engine is told "retry, uncertain"). A script step may also run a reschedule,
   a replayed create or a cancel synchronously inside ``send``: a change that
   commits while the message is in flight.
 - Dispatch runs are real ``Dispatcher`` runs with the frozen clock: pacing waits
@@ -21,8 +22,10 @@ How it is built
   which makes every failure replayable and shrinkable.
 - A crashed run claims with ``queries.claim_due`` and never records; the
   messages may or may not have left (``kill -9`` after the request).
-- The model (plain Python) is the oracle. Keys are (booking, kind, person); a
-  person keeps its identity across chat migrations (old address → new address).
+- The model (plain Python) is the oracle. Keys are (booking, kind, target): a
+  target is a person, or a chain of two persons (``--to "model:a|model:b"``, SPEC
+  §11: one reminder for the chain, whichever alternative delivers it); a person
+  keeps its identity across chat migrations (old address → new address).
   An *arming* is one scheduled time of one key as ``create`` armed it; a new
   time (or removing and re-adding) is a new arming. An arming is *required*
   unless the previous one was already delivered and the new time is not in the
@@ -40,7 +43,19 @@ consistent (no lease outside ``sending``, no row left ``sending`` by a run,
 pending rows follow their arming's times and are never due before their
 scheduled time, one live row per key, nothing live for a cancelled booking),
 and no required arming is lost (it is still live, was delivered, or ended
-failed/expired with a reason). At the end the clock is walked through every
+failed/expired with a reason, or cancelled "suppressed" when its alternative and
+every later one were suppressed).
+
+Recipient health (SPEC §11): nothing is sent to an address after a gone answer
+suppressed it (unsuppress is not modelled), no pending row waits on a suppressed
+address (a suppression moves its reminders on or ends them, and nothing moves onto
+one), ``create`` leaves out a chain whose every alternative is suppressed and says
+so, a row's route names the alternative in use (a chat migration rewrites both), a
+run moves a reminder along its chain only forward and each move leaves a
+"fallback" in its history, and a claim's ``attempts`` never exceeds the claims
+seen on the alternative in use (a fallback starts again at 0). A chain's arming
+is one arming: delivered at most once across its alternatives unless an earlier
+attempt was uncertain. At the end the clock is walked through every
 due time with a healthy provider until every row is final, and the same
 checks run once more.
 
@@ -119,8 +134,6 @@ MODEL_SETTINGS = settings(
 N = Notification
 BOOKING_IDS = ("b1", "b2", "b3")
 PERSONS = ("a", "b", "c")  # a person's first address is its name
-#: what one ``--to`` names: a person, or a chain of two alternatives (SPEC §11)
-TARGETS = ("a", "b", "c", "a|b", "b|c", "c|a")
 KIND_NAMES = ("day_before", "hour_before", "at_start", "before_end")
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")
 LIVE = ("pending", "sending")
@@ -265,7 +278,8 @@ class ReminderModel(RuleBasedStateMachine):
         self.healthy = True  # False once a step failed: teardown then skips the drain
         # per dispatch run
         self.run_deliveries: list[tuple[Arming, Delivered]] = []
-        self.run_last_send: dict[int, tuple[str, int]] = {}
+        # reminder → (outcome, attempts, alternative) of its last send in this run
+        self.run_last_send: dict[int, tuple[str, int, int]] = {}
         self.run_touched: set[str] = set()
         # change notices: who received something of a booking, and each change's notices
         self.received: set[tuple[str, str]] = set()  # (booking, person)
@@ -602,16 +616,25 @@ class ReminderModel(RuleBasedStateMachine):
             return SendResult.failed("model provider error")
 
     def _provide(self, message: Message) -> SendResult:
+        what = f"{message.kind} {message.notification_id}"
+        self.check_not_suppressed(message.recipient, what)
+        with self.store.reader() as conn:
+            claimed = conn.execute(
+                select(N.attempts, N.route, N.alternative).where(N.id == message.notification_id)
+            ).one()
+        self.count_claim(message.notification_id, claimed.alternative, claimed.attempts, what)
         person = self.person_of(message.recipient)
         current = self.addresses[person][-1]
         if message.recipient != current:  # what Telegram answers for a migrated group
             return SendResult.moved(current, "Bad Request: group chat was upgraded", 400)
         self.check_text(message)
         step = self.script.pop(0) if self.script else Step("ok")
-        with self.store.reader() as conn:
-            attempts = conn.scalar(select(N.attempts).where(N.id == message.notification_id))
-        self.run_last_send[message.notification_id] = (step.outcome, attempts or 0)
-        key = (message.booking_id, message.kind, person)
+        self.run_last_send[message.notification_id] = (
+            step.outcome,
+            claimed.attempts,
+            claimed.alternative,
+        )
+        key = (message.booking_id, message.kind, self.target_of(claimed.route))
         if step.outcome in ("ok", "timeout"):
             self.deliver(
                 key,
@@ -632,8 +655,10 @@ class ReminderModel(RuleBasedStateMachine):
             )
         elif step.outcome == "500":
             result = SendResult.retry("Internal Server Error", 500)
-        elif step.outcome == "403":
+        elif step.outcome == "403":  # a plain permanent failure: the recipient stays
             result = SendResult.failed("Forbidden: bot was blocked by the user", 403)
+        elif step.outcome == "gone":  # SPEC §11: suppress the recipient
+            result = SendResult.gone("Forbidden: bot was blocked by the user", 403)
         else:
             assert step.outcome == "migrate"
             new = f"{person}.{len(self.addresses[person])}"
@@ -642,6 +667,8 @@ class ReminderModel(RuleBasedStateMachine):
             result = SendResult.moved(new, "Bad Request: group chat was upgraded", 400)
         if step.interference is not None:
             self.interfere(step.interference, message.booking_id)
+        if step.outcome == "gone":  # the run records it (and suppresses) after this change
+            self.suppressed.setdefault(message.recipient, self.now())
         return result
 
     def interfere(self, change: Interference, in_flight: str) -> None:
@@ -668,6 +695,8 @@ class ReminderModel(RuleBasedStateMachine):
         self.script = list(script)
         self.run_deliveries, self.run_last_send, self.run_touched = [], {}, set()
         superseded = self.superseded_now()
+        alternatives_before = {row.id: row.alternative for row in self.rows()}
+        fallbacks_before = self.fallbacks()
         epoch = self.now()
         report = Dispatcher(
             self.store,
@@ -701,13 +730,14 @@ class ReminderModel(RuleBasedStateMachine):
                 self.fail(f"{arming} delivered again without an uncertain attempt in history")
         # 429 and a moved chat give the attempt back
         by_id = {row.id: row for row in self.rows()}
-        for notification_id, (outcome, claimed) in self.run_last_send.items():
+        for notification_id, (outcome, claimed, alternative) in self.run_last_send.items():
             row = by_id.get(notification_id)
             given_back = outcome.startswith("429/") or outcome == "migrate"
             if (
                 given_back
                 and row is not None
                 and row.status == "pending"
+                and row.alternative == alternative  # not moved on (a fallback starts at 0)
                 and row.external_id not in self.run_touched
             ):
                 self.check(
@@ -715,16 +745,34 @@ class ReminderModel(RuleBasedStateMachine):
                     f"{outcome} for reminder {notification_id} counted as an attempt "
                     f"({row.attempts} after, {claimed} while sending)",
                 )
+        # a run moves a reminder along its chain only forward, and the history says so
+        fallbacks_after = self.fallbacks()
+        for row in by_id.values():
+            before = alternatives_before.get(row.id)
+            if before is None or row.external_id in self.run_touched:
+                continue
+            key = self.key_of(row)
+            self.check(
+                row.alternative >= before,
+                f"run moved reminder {row.id} back from alternative {before}\n{self.describe(key)}",
+            )
+            if row.alternative > before:
+                self.check(
+                    fallbacks_after.get(row.id, 0) > fallbacks_before.get(row.id, 0),
+                    f"reminder {row.id} moved from alternative {before} to {row.alternative} "
+                    f"without a fallback in its history\n{self.describe(key)}",
+                )
         self.raise_violations()
 
     def superseded_now(self) -> set[tuple[int, int]]:
-        """(reminder, arming) due now that a later one of the same booking and recipient
-        supersedes: this run must not send that arming (it may send a later re-arming)."""
+        """(reminder, arming) due now that a later one of the same booking and recipient (or
+        chain, whichever alternative each is on) supersedes: this run must not send that
+        arming (it may send a later re-arming)."""
         now = self.now()
-        groups: dict[tuple[int, str, str], list[Any]] = defaultdict(list)
+        groups: dict[tuple[int, str], list[Any]] = defaultdict(list)
         for row in self.rows():
             if not is_notice(row.kind):  # notices neither supersede nor are superseded
-                groups[(row.booking_id, row.channel, row.recipient)].append(row)
+                groups[(row.booking_id, row.route)].append(row)
         found: set[tuple[int, int]] = set()
         for rows in groups.values():
             for row in rows:
@@ -750,6 +798,7 @@ class ReminderModel(RuleBasedStateMachine):
         starts_in=starts_in,
         minutes=durations,
         persons=st.lists(st.sampled_from(PERSONS), min_size=1, max_size=3, unique=True),
+        chain=st.booleans(),
         kinds=st.lists(st.sampled_from(KIND_NAMES), min_size=1, max_size=4, unique=True),
         zone=st.sampled_from(ZONES),
         current_address=st.booleans(),
@@ -760,13 +809,23 @@ class ReminderModel(RuleBasedStateMachine):
         starts_in: int,
         minutes: int,
         persons: list[str],
+        chain: bool,
         kinds: list[str],
         zone: str,
         current_address: bool,
     ) -> None:
         with self.guarded():
             start = self.now() + timedelta(minutes=starts_in)
-            to = tuple(f"model:{self.addresses[p][-1] if current_address else p}" for p in persons)
+            # a chain: the first two persons become one --to "model:x|model:y" (SPEC §11);
+            # a recipient may appear in only one --to value
+            recipients = ["|".join(persons[:2]), *persons[2:]] if chain else persons
+            to = tuple(
+                "|".join(
+                    f"model:{self.addresses[p][-1] if current_address else p}"
+                    for p in target.split("|")
+                )
+                for target in recipients
+            )
             args = CreateArgs(start, start + timedelta(minutes=minutes), to, tuple(kinds), zone)
             self.do_create(booking, args)
             self.raise_violations()
@@ -815,11 +874,14 @@ class ReminderModel(RuleBasedStateMachine):
                     b.id: b.external_id
                     for b in conn.execute(select(Booking.id, Booking.external_id))
                 }
+            for row in claimed:
+                self.count_claim(row.id, row.alternative, row.attempts, "crashed run")
             if sent:
                 for row in claimed:
+                    self.check_not_suppressed(row.recipient, f"crash: {row.kind} {row.id}")
                     person = self.person_of(row.recipient)
                     if row.recipient == self.addresses[person][-1]:
-                        key = (booking_ids[row.booking_id], row.kind, person)
+                        key = (booking_ids[row.booking_id], row.kind, self.target_of(row.route))
                         was = (row.previous_starts_at, row.previous_ends_at)
                         self.deliver(
                             key,
@@ -872,6 +934,20 @@ class ReminderModel(RuleBasedStateMachine):
         for row in rows:
             key = self.key_of(row)
             by_key[key].append(row)
+            # the route names the alternative in use (a chat migration rewrites both)
+            parts = row.route.split("|")
+            in_use = parts[row.alternative] if 0 <= row.alternative < len(parts) else None
+            self.check(
+                in_use == f"{row.channel}:{row.recipient}",
+                f"row {row.id} on {row.channel}:{row.recipient} but its route {row.route} "
+                f"names {in_use} as alternative {row.alternative}",
+            )
+            # nothing waits for a suppressed recipient: it moved on, or ended
+            if row.status == "pending" and row.recipient in self.suppressed:
+                self.fail(
+                    f"row {row.id} pending for suppressed {row.recipient} (since "
+                    f"{self.suppressed[row.recipient]:%m-%d %H:%M:%S})\n{self.describe(key)}"
+                )
             if row.status == "sending":
                 self.check(
                     row.lease_token is not None and row.lease_expires_at is not None,
@@ -922,14 +998,21 @@ class ReminderModel(RuleBasedStateMachine):
                 self.check(not live.get(key), f"still live at the end\n{self.describe(key)}")
             if live.get(key):
                 continue
-            if any(
-                r.status in ("failed", "expired")
-                and (getattr(r, "reason", None) or r.last_error)
-                and r.updated_at >= arming.armed_at
-                for r in rows_of_key
-            ):
+            if any(self.ended(r) and r.updated_at >= arming.armed_at for r in rows_of_key):
                 continue
             self.fail(f"lost: never delivered, nothing left to send it\n{self.describe(key)}")
+
+    def ended(self, row: Any) -> bool:
+        """Ended with a reason: failed or expired, or cancelled because the alternative in
+        use and every later one were suppressed (SPEC §11)."""
+        if row.status in ("failed", "expired"):
+            return bool(row.reason or row.last_error)
+        rest = [part.split(":", 1)[1] for part in row.route.split("|")[row.alternative :]]
+        return (
+            row.status == "cancelled"
+            and row.reason == "suppressed"
+            and all(address in self.suppressed for address in rest)
+        )
 
     # -- the end: deliver everything still due, then check that nothing was lost -----------------
 
