@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -80,6 +84,44 @@ def clean_env(database_url: str, **extra: str) -> dict[str, str]:
         if not k.startswith(("NOTIFYCTL_", "TELEGRAM_")) and k != "DATABASE_URL"
     }
     return env | {"NOTIFYCTL_DATABASE_URL": database_url, "PYTHONPATH": str(REPO), **extra}
+
+
+@contextmanager
+def dispatchers(
+    count: int, env: dict[str, str], *args: str
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """``count`` ``notifyctl dispatch --json`` processes started at once; killed and reaped
+    whatever happens."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(count):
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "notifyctl", "dispatch", "--json", *args],
+                    env=env,
+                    cwd=REPO,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
+def finish(procs: list[subprocess.Popen[str]], timeout: float = 50) -> list[dict[str, Any]]:
+    """Wait for every process; each must exit 0, quietly, with a JSON summary on stdout."""
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err
+        assert err == ""
+        reports.append(json.loads(out))
+    return reports
 
 
 def on_terminal(

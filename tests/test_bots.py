@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,8 +25,7 @@ from notifyctl.models import DeliveryAttempt, Notification, Pacing, Status
 from notifyctl.pacing import SharedSlots
 from notifyctl.service import Store, booking_input, create_booking, create_bookings
 from tests.fakes.telegram import FakeTelegram, migrated, too_many_requests
-from tests.support import Cli, FrozenClock
-from tests.test_dispatch import REPO
+from tests.support import Cli, FrozenClock, clean_env, dispatchers, finish
 
 TOKEN = "123456789:AAH-default_Bot_SECRET_a1"
 TOKEN2 = "987654321:BBQ-studio2_Bot_SECRET_b2"
@@ -359,32 +355,19 @@ def test_two_bots_deliver_twice_one_bots_rate_across_four_processes(
         for i in range(per_bot)
     ]
     create_bookings(store, inputs)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFYCTL_", "TELEGRAM_"))}
     with FakeTelegram(token=TOKEN, tokens=[TOKEN2], rate_limit=30) as tg:
-        env.update(
-            NOTIFYCTL_DATABASE_URL=database_url,
+        env = clean_env(
+            database_url,
             NOTIFYCTL_NO_WAIT="1",
             TELEGRAM_BOT_TOKEN=TOKEN,
             TELEGRAM_BOT_TOKEN_STUDIO2=TOKEN2,
             TELEGRAM_API_URL=tg.api_url,
-            PYTHONPATH=str(REPO),
         )
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "notifyctl", "dispatch", "--json"],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(4)
-        ]
-        outputs = [p.communicate(timeout=60) for p in procs]
+        with dispatchers(4, env) as procs:
+            finish(procs, timeout=60)
         sent = tg.sent()
         count_429 = tg.count_429
 
-    assert [p.returncode for p in procs] == [0] * 4, outputs
     assert count_429 == 0
     assert len(sent) == 2 * per_bot
     times = sorted(m.at for m in sent)

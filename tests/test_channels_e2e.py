@@ -9,9 +9,6 @@ must receive exactly one message, in the operator's words, escaped for it.
 
 from __future__ import annotations
 
-import contextlib
-import email
-import email.policy
 import hashlib
 import hmac
 import json
@@ -22,9 +19,8 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -36,7 +32,7 @@ from sqlalchemy import select
 from notifyctl.db import make_engine
 from notifyctl.models import DeliveryAttempt, Notification
 from tests.fakes.http_receiver import Answer, HttpReceiver, closed_port
-from tests.fakes.smtp import EphemeralController
+from tests.fakes.smtp import SmtpServer, running_smtp
 from tests.fakes.telegram import FakeTelegram
 from tests.support import Cli, CliResult
 
@@ -61,51 +57,6 @@ html = "<p>Erinnerung: <b>{{ title }}</b> um {{ start_time }} Uhr, Raum {{ data.
 [locales.de.kinds.hour_before.telegram]
 text = "🔔 <b>{{ title }}</b> beginnt um {{ start_time }} Uhr, Raum {{ data.room }}."
 """
-
-
-# --- a recording SMTP server (aiosmtpd on 127.0.0.1) ----------------------------------
-
-
-@dataclass
-class SmtpRecorder:
-    """aiosmtpd handler that keeps every message it accepts."""
-
-    messages: list[bytes] = field(default_factory=list)
-    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(envelope.original_content)
-        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
-        return "250 2.0.0 accepted"
-
-    def parsed(self) -> list[EmailMessage]:
-        parsed = []
-        for raw in self.messages:
-            message = email.message_from_bytes(raw, policy=email.policy.default)
-            assert isinstance(message, EmailMessage)
-            parsed.append(message)
-        return parsed
-
-
-@dataclass
-class SmtpServer:
-    controller: Any
-    recorder: SmtpRecorder
-
-    def url(self, userinfo: str = "") -> str:
-        # plain SMTP: allowed to a loopback relay only
-        return f"smtp://{userinfo}127.0.0.1:{self.controller.port}"
-
-
-@contextlib.contextmanager
-def running_smtp(**kwargs: Any) -> Iterator[SmtpServer]:
-    recorder = SmtpRecorder()
-    controller = EphemeralController(recorder, hostname="127.0.0.1", port=0, **kwargs)
-    controller.start()
-    try:
-        yield SmtpServer(controller, recorder)
-    finally:
-        controller.stop()
 
 
 # --- the flow --------------------------------------------------------------------------
@@ -273,8 +224,9 @@ def every_channel_flow(run: Run, servers: Servers, templates: Path) -> None:
     assert (document["title"], document["message"]) == (subject, german)
 
     # email: subject, Message-ID from the notification id, plain text and escaped HTML
-    [mail] = servers.smtp.recorder.parsed()
-    assert servers.smtp.recorder.envelopes == [("buchung@example.com", ["anna@example.org"])]
+    [accepted] = servers.smtp.messages
+    mail = accepted.parsed()
+    assert (accepted.mail_from, accepted.rcpt_tos) == ("buchung@example.com", ("anna@example.org",))
     assert mail["Subject"] == subject
     assert mail["To"] == "anna@example.org"
     assert mail["Message-ID"] == f"<notifyctl-{ids['email']}@example.com>"
@@ -319,7 +271,7 @@ def test_a_second_dispatch_sends_nothing_again(
     assert (again.stdout, again.stderr) == ("", "")
     assert len(servers.tg.messages) == 1
     assert len(servers.rx.requests) == 2
-    assert len(servers.smtp.recorder.messages) == 1
+    assert len(servers.smtp.messages) == 1
 
 
 # --- apprise is an optional extra -------------------------------------------------------
@@ -466,7 +418,7 @@ def test_smtp_password_never_appears_in_cli_output(cli: Cli, database_url: str) 
     assert "535" in rejected.stderr  # the server's refusal is reported ...
     assert "NOTIFYCTL_SMTP_URL" in malformed.stderr + wrong_scheme.stderr
     assert password not in _all_output(rejected, malformed, wrong_scheme, listing)  # ... safely
-    assert smtp.recorder.messages == []
+    assert smtp.messages == []
     [row] = json.loads(listing.stdout)
     assert row["status"] == "pending"  # bad credentials give the claim back
     assert not [e for e in stored_errors(database_url) if password in e]

@@ -7,16 +7,8 @@ synchronisation uses the fake's ``wait_for``, never sleeps.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -24,12 +16,11 @@ from sqlalchemy import select, update
 from notifyctl.models import DeliveryAttempt, Notification, Status
 from notifyctl.service import Store, booking_input, create_bookings
 from tests.fakes.telegram import FakeTelegram, hang
-from tests.support import FrozenClock
+from tests.support import FrozenClock, clean_env, dispatchers, finish
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "123456789:AAH-concurrency_Test_SECRET"
-REPO = Path(__file__).resolve().parent.parent
 N = Notification
 FIRST_CHAT = 7_000_000
 
@@ -61,53 +52,9 @@ def statuses(store: Store) -> Counter[str]:
 
 
 def env_for(database_url: str, api_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFYCTL_", "TELEGRAM_"))}
-    env.pop("DATABASE_URL", None)
-    env.update(
-        NOTIFYCTL_DATABASE_URL=database_url,
-        NOTIFYCTL_NO_WAIT="1",
-        TELEGRAM_BOT_TOKEN=TOKEN,
-        TELEGRAM_API_URL=api_url,
-        PYTHONPATH=str(REPO),
+    return clean_env(
+        database_url, NOTIFYCTL_NO_WAIT="1", TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_API_URL=api_url
     )
-    return env
-
-
-@contextmanager
-def dispatchers(
-    count: int, database_url: str, api_url: str, *args: str
-) -> Iterator[list[subprocess.Popen[str]]]:
-    """``count`` dispatch processes started at once; killed and reaped whatever happens."""
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for _ in range(count):
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "notifyctl", "dispatch", "--json", *args],
-                    env=env_for(database_url, api_url),
-                    cwd=REPO,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-            )
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
-
-
-def finish(procs: list[subprocess.Popen[str]], timeout: float = 50) -> list[dict[str, Any]]:
-    """Wait for every process; each must exit 0 with a JSON summary on stdout."""
-    reports = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=timeout)
-        assert proc.returncode == 0, err
-        assert err == ""
-        reports.append(json.loads(out))
-    return reports
 
 
 def throughput(tg: FakeTelegram) -> float:
@@ -121,7 +68,7 @@ def test_four_processes_send_every_reminder_exactly_once(
     chats = due_now(store, clock, 1200)
 
     with FakeTelegram(token=TOKEN) as tg:
-        with dispatchers(4, database_url, tg.api_url, "--rate-limit", "10000") as procs:
+        with dispatchers(4, env_for(database_url, tg.api_url), "--rate-limit", "10000") as procs:
             reports = finish(procs)
         received = Counter(m.chat_id for m in tg.messages)
         rate = throughput(tg)
@@ -145,7 +92,7 @@ def test_four_processes_share_the_rate_limit_without_429(
     chats = due_now(store, clock, 160)
 
     with FakeTelegram(token=TOKEN, rate_limit=30) as tg:
-        with dispatchers(4, database_url, tg.api_url) as procs:  # default --rate-limit 25
+        with dispatchers(4, env_for(database_url, tg.api_url)) as procs:  # default --rate-limit 25
             reports = finish(procs)
         received = Counter(m.chat_id for m in tg.sent())
         rate = throughput(tg)
@@ -172,7 +119,7 @@ def test_killed_dispatch_loses_nothing_once_its_lease_runs_out(
 
     with FakeTelegram(token=TOKEN) as tg:
         tg.fail_all(hang(120))  # every send stays in flight until the fake stops
-        with dispatchers(1, database_url, tg.api_url, *lease) as [victim]:
+        with dispatchers(1, env_for(database_url, tg.api_url), *lease) as [victim]:
             tg.wait_for(4, timeout=30)  # mid-run: four sends in flight
             victim.kill()
             victim.wait()
@@ -182,7 +129,7 @@ def test_killed_dispatch_loses_nothing_once_its_lease_runs_out(
 
         # the claims stay with the dead run until its lease runs out ...
         assert statuses(store) == Counter({Status.SENDING.value: 20})
-        with dispatchers(1, database_url, tg.api_url) as procs:
+        with dispatchers(1, env_for(database_url, tg.api_url)) as procs:
             [early] = finish(procs)
         assert (early["claimed"], early["rescued"], early["sent"]) == (0, 0, 0)
         assert tg.messages == []
@@ -194,7 +141,7 @@ def test_killed_dispatch_loses_nothing_once_its_lease_runs_out(
                 .where(N.status == Status.SENDING)
                 .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
             )
-        with dispatchers(1, database_url, tg.api_url) as procs:
+        with dispatchers(1, env_for(database_url, tg.api_url)) as procs:
             [later] = finish(procs)
         received = Counter(m.chat_id for m in tg.sent())
 

@@ -16,7 +16,7 @@ import typer
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 from typer.core import TyperGroup
 
 from notifyctl import migrate as migrations
@@ -212,19 +212,24 @@ def test_run_counters_are_the_action_vocabulary(database_url: str) -> None:
     assert set(RUN_COUNTERS) == {"claimed", *(a.value for a in Action)}
 
 
+def _insert_old_booking(conn: Connection) -> None:
+    """One booking, in the columns every schema since the first has."""
+    t = "'2026-06-01 12:00:00'"
+    conn.execute(
+        text(
+            "INSERT INTO bookings (external_id, title, starts_at, ends_at, timezone, "
+            f"status, created_at, updated_at) VALUES ('b', 't', {t}, "
+            f"'2026-06-01 13:00:00', 'UTC', 'active', {t}, {t})"
+        )
+    )
+
+
 def test_history_outcomes_renamed_by_the_migration(database_url: str) -> None:
     """Rows written by the first schema speak the new words after an upgrade."""
     engine = make_engine(database_url, create_file=False)
     migrations.downgrade(engine, "0001")
-    t = "'2026-06-01 12:00:00'"
     with db.connect(database_url) as conn:
-        conn.execute(
-            text(
-                "INSERT INTO bookings (external_id, title, starts_at, ends_at, timezone, "
-                f"status, created_at, updated_at) VALUES ('b', 't', {t}, "
-                f"'2026-06-01 13:00:00', 'UTC', 'active', {t}, {t})"
-            )
-        )
+        _insert_old_booking(conn)
         conn.execute(
             text(
                 "INSERT INTO notifications (booking_id, kind, channel, recipient, "
@@ -255,15 +260,8 @@ def test_routes_migration_keeps_reminders_and_their_history(database_url: str) -
     engine = make_engine(database_url, create_file=False)
     indexes_before = _notification_indexes(database_url)
     migrations.downgrade(engine, "0003")
-    t = "'2026-06-01 12:00:00'"
     with db.connect(database_url) as conn:
-        conn.execute(
-            text(
-                "INSERT INTO bookings (external_id, title, starts_at, ends_at, timezone, "
-                f"status, created_at, updated_at) VALUES ('b', 't', {t}, "
-                f"'2026-06-01 13:00:00', 'UTC', 'active', {t}, {t})"
-            )
-        )
+        _insert_old_booking(conn)
         for recipient in ("123", "https://example.com/hook?a=1|2"):
             channel = "webhook" if recipient.startswith("https") else "telegram"
             conn.execute(

@@ -20,8 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,7 +37,7 @@ from tests.fakes.http_receiver import Answer, HttpReceiver
 from tests.fakes.smtp import SmtpServer, running_smtp
 from tests.fakes.telegram import FakeTelegram, Reply, blocked_by_user, chat_not_found, error
 from tests.ops_support import frozen_cli
-from tests.support import REPO, Cli, CliResult, FrozenClock, clean_env
+from tests.support import Cli, CliResult, FrozenClock, clean_env, dispatchers, finish
 from tests.test_ops_metrics_ping import outcome, read_metrics
 
 TOKEN = "246813579:AAG-recipients_Test_SECRET_k9"
@@ -809,38 +807,14 @@ def test_four_dispatch_processes_deliver_every_chain_exactly_once(
         for i in range(0, CHAINS, 2):
             tg.script(FIRST_CHAT + i, blocked_by_user())
         env = clean_env(database_url, NOTIFYCTL_NO_WAIT="1", **servers_env(tg, smtp))
-        command = [sys.executable, "-m", "notifyctl", "dispatch", "--json"]
-        command += ["--rate-limit", "10000", "--max-seconds", "50"]
         began = time.monotonic()
-        procs = [
-            subprocess.Popen(
-                command,
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(4)
-        ]
-        outputs = []
-        try:
-            for proc in procs:
-                outputs.append(proc.communicate(timeout=120))
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.communicate()
+        with dispatchers(4, env, "--rate-limit", "10000", "--max-seconds", "50") as procs:
+            reports = finish(procs, timeout=120)
         wall = time.monotonic() - began
         telegram = Counter(int(m.chat_id) - FIRST_CHAT for m in tg.sent())
         refused = Counter(int(m.chat_id) - FIRST_CHAT for m in tg.messages if m.status == 403)
         mailed = Counter(int(r[1:].partition("@")[0]) for r in smtp.recipients())
 
-    for proc, (_, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, err
-        assert err == ""
-    reports = [json.loads(out) for out, _ in outputs]
     fallbacks = [r["fallback"] for r in reports]
     sent = [r["sent"] for r in reports]
     print(
