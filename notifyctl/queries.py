@@ -222,19 +222,53 @@ def load_notifications(
 
 
 def insert_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert bookings; their new ids, in the order given."""
+    """Insert bookings; their new ids, in the order given.
+
+    The rows go to the driver in bulk (PostgreSQL: COPY with ids drawn from the
+    sequence; SQLite: one executemany), each value through its column type once.
+    """
     if not rows:
         return []
+    bulk = _bulk_bookings(conn, rows)
+    if bulk is None:
+        result = conn.execute(insert(B).returning(B.id, sort_by_parameter_order=True), list(rows))
+        return [r.id for r in result]
+    columns, values = bulk
     if conn.dialect.name == "postgresql":
-        copied = _copy_bookings(conn, rows)
-        if copied is not None:
-            return copied
-    result = conn.execute(insert(B).returning(B.id, sort_by_parameter_order=True), list(rows))
-    return [r.id for r in result]
+        drawn = conn.exec_driver_sql(
+            "SELECT nextval(pg_get_serial_sequence('bookings', 'id')) "
+            "FROM generate_series(1, %(n)s)",
+            {"n": len(rows)},
+        )
+        ids = sorted(int(i) for i in drawn.scalars())
+        numbered = ((booking_id, *row) for booking_id, row in zip(ids, values, strict=True))
+        _copy_rows(conn, B.__tablename__, ["id", *columns], numbered)
+        return ids
+    return _insert_bookings_sqlite(conn, rows, columns, values)
 
 
-def _copy_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int] | None:
-    """PostgreSQL: the ids drawn from the sequence in order, the rows written by COPY.
+def _insert_bookings_sqlite(
+    conn: Connection,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    values: Iterable[tuple[Any, ...]],
+) -> list[int]:
+    """One executemany; the new ids read back by external id.
+
+    Every id above the largest before the insert is one of these rows: the
+    transaction holds SQLite's write lock (``BEGIN IMMEDIATE``) throughout.
+    """
+    before = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM bookings").scalar_one()
+    _executemany(conn, B.__tablename__, columns, values)
+    added = conn.exec_driver_sql("SELECT external_id, id FROM bookings WHERE id > ?", (before,))
+    new = {external_id: booking_id for external_id, booking_id in added}
+    return [new[row["external_id"]] for row in rows]
+
+
+def _bulk_bookings(
+    conn: Connection, rows: Sequence[Mapping[str, Any]]
+) -> tuple[list[str], Iterator[tuple[Any, ...]]] | None:
+    """The columns and bound values of new bookings, for COPY or executemany.
 
     The columns are those of the first row, plus the model's scalar defaults for the
     others (what ``insert(B)`` would add); None when another kind of default is
@@ -249,29 +283,18 @@ def _copy_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[
         if not column.default.is_scalar:
             return None
         defaults[column.name] = column.default.arg
-    columns = ["id", *given, *defaults]
-    drawn = conn.exec_driver_sql(
-        "SELECT nextval(pg_get_serial_sequence('bookings', 'id')) FROM generate_series(1, %(n)s)",
-        {"n": len(rows)},
-    )
-    ids = sorted(int(i) for i in drawn.scalars())
+    columns = [*given, *defaults]
     dialect = conn.dialect
-    processors = [_copy_processor(table.c[c].type, dialect) for c in columns[1:]]
+    processors = [_bulk_processor(table.c[c].type, dialect) for c in columns]
     extra = tuple(defaults.values())
     values = (
-        (
-            booking_id,
-            *(
-                value if process is None else process(value)
-                for process, value in zip(
-                    processors, (*(row[c] for c in given), *extra), strict=True
-                )
-            ),
+        tuple(
+            value if process is None else process(value)
+            for process, value in zip(processors, (*(row[c] for c in given), *extra), strict=True)
         )
-        for booking_id, row in zip(ids, rows, strict=True)
+        for row in rows
     )
-    _copy_rows(conn, B.__tablename__, columns, values)
-    return ids
+    return columns, values
 
 
 BOOKING_FIELDS = (
@@ -335,16 +358,22 @@ def insert_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) ->
     if dialect.name == "postgresql":
         _copy_rows(conn, N.__tablename__, NEW_REMINDER_COLUMNS, values)
         return
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO notifications ({', '.join(NEW_REMINDER_COLUMNS)}) "
-        f"VALUES ({', '.join([marker] * len(NEW_REMINDER_COLUMNS))})"
+    _executemany(conn, N.__tablename__, NEW_REMINDER_COLUMNS, values)
+
+
+def _executemany(
+    conn: Connection, table: str, columns: Sequence[str], values: Iterable[tuple[Any, ...]]
+) -> None:
+    """``INSERT INTO table (columns)`` of bound value tuples, one driver executemany."""
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    markers = ", ".join([marker] * len(columns))
+    conn.exec_driver_sql(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({markers})", list(values)
     )
-    conn.exec_driver_sql(sql, list(values))
 
 
-def _copy_processor(type_: Any, dialect: Any) -> Any:
-    """A column's bind processor for COPY: JSON as its text, None as JSON ``null``.
+def _bulk_processor(type_: Any, dialect: Any) -> Any:
+    """A column's bind processor for COPY and executemany: JSON as its text, None as ``null``.
 
     (An INSERT lets the driver adapt JSON values and writes None as ``null``
     unless the type says ``none_as_null``; COPY takes the text.)
