@@ -87,14 +87,22 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _too_deep(value: Any, depth: int = 1) -> bool:
-    """True when ``value`` nests more than ``MAX_JSON_DEPTH`` levels (stops early)."""
+    """True when ``value`` nests more than ``MAX_JSON_DEPTH`` levels (stops early).
+
+    A value inside a container is one level deeper than the container, whether it is
+    a container itself or not; only containers are descended into.
+    """
     if depth > MAX_JSON_DEPTH:
         return True
     if isinstance(value, dict):
-        return any(_too_deep(v, depth + 1) for v in value.values())
-    if isinstance(value, list):
-        return any(_too_deep(v, depth + 1) for v in value)
-    return False
+        children: Iterable[Any] = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if depth == MAX_JSON_DEPTH:
+        return bool(value)  # any child is one level too deep
+    return any(_too_deep(v, depth + 1) for v in children if isinstance(v, (dict, list)))
 
 
 def _json_records(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -317,52 +317,75 @@ def update_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None
     conn.execute(update(B).where(B.id == bindparam("b_id")).values(values), list(rows))
 
 
-NEW_REMINDER_COLUMNS = (
-    "booking_id",
-    "kind",
-    "channel",
-    "recipient",
-    "route",
-    "alternative",
-    "scheduled_at",
-    "not_after",
-    "due_at",
-    "status",
-    "attempts",
-    "created_at",
-    "updated_at",
-)
+class NewReminder(NamedTuple):
+    """A new reminder's values (``NEW_REMINDER_COLUMNS`` after ``booking_id``)."""
+
+    kind: str
+    channel: str
+    recipient: str
+    route: str
+    alternative: int
+    scheduled_at: datetime
+    not_after: datetime
+    due_at: datetime
+    status: str
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
 
 
-def insert_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Bulk insert of new reminders (``NEW_REMINDER_COLUMNS``).
+NEW_REMINDER_COLUMNS = ("booking_id", *NewReminder._fields)
+
+
+def insert_notifications(conn: Connection, rows: Sequence[tuple[int, NewReminder]]) -> None:
+    """Bulk insert of new reminders, each given as (booking id, its values).
 
     ``create --from-file`` writes hundreds of thousands of these: the rows go to
-    the driver's executemany as tuples, with each value put through its column
-    type's bind processor once, instead of SQLAlchemy's per-row parameter
-    construction, which cost more than the insert itself.
+    the driver as tuples (COPY on PostgreSQL, executemany on SQLite), only the
+    values whose column type has a bind processor (the times) put through it,
+    instead of SQLAlchemy's per-row parameter construction, which cost more than
+    the insert itself.
     """
     if not rows:
         return
     dialect = conn.dialect
-    processors = [N.__table__.c[c].type.bind_processor(dialect) for c in NEW_REMINDER_COLUMNS]
-    values = (
-        tuple(
-            value if process is None else process(value)
-            for process, value in zip(
-                processors, (row[c] for c in NEW_REMINDER_COLUMNS), strict=True
-            )
-        )
-        for row in rows
-    )
+    columns = N.__table__.c
+    processors = [
+        (position, process)
+        for position, name in enumerate(NEW_REMINDER_COLUMNS)
+        if (process := columns[name].type.bind_processor(dialect)) is not None
+    ]
+    values = _bound(((booking_id, *reminder) for booking_id, reminder in rows), processors)
     if dialect.name == "postgresql":
         _copy_rows(conn, N.__tablename__, NEW_REMINDER_COLUMNS, values)
         return
     _executemany(conn, N.__tablename__, NEW_REMINDER_COLUMNS, values)
 
 
+def _bound(
+    rows: Iterable[tuple[Any, ...]], processors: Sequence[tuple[int, Callable[[Any], Any]]]
+) -> Iterator[tuple[Any, ...]]:
+    """Each row with the (hashable) values at the processors' positions put through them.
+
+    Rows share many values (every reminder of a create has the same ``now``, those
+    of a booking its start and end): each distinct value is processed once.
+    """
+    memos: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = [
+        (position, process, {}) for position, process in processors
+    ]
+    for row in rows:
+        values = list(row)
+        for position, process, done in memos:
+            value = values[position]
+            if value in done:
+                values[position] = done[value]
+            else:
+                values[position] = done[value] = process(value)
+        yield tuple(values)
+
+
 def _executemany(
-    conn: Connection, table: str, columns: Sequence[str], values: Iterable[tuple[Any, ...]]
+    conn: Connection, table: str, columns: Sequence[str], values: Iterable[Sequence[Any]]
 ) -> None:
     """``INSERT INTO table (columns)`` of bound value tuples, one driver executemany."""
     marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
@@ -386,7 +409,7 @@ def _bulk_processor(type_: Any, dialect: Any) -> Any:
 
 
 def _copy_rows(
-    conn: Connection, table: str, columns: Sequence[str], values: Iterable[tuple[Any, ...]]
+    conn: Connection, table: str, columns: Sequence[str], values: Iterable[Sequence[Any]]
 ) -> None:
     """PostgreSQL: ``COPY table (columns) FROM STDIN`` on the connection's own transaction.
 

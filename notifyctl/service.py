@@ -14,6 +14,7 @@ from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, tzinfo
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
@@ -27,7 +28,7 @@ from .errors import InvalidInput, NotFound, shown
 from .kinds import Kind, is_notice, parse_kinds
 from .models import BookingStatus, Reason, RecipientState, Status
 from .notices import Change, NoticePlan, plan_notices
-from .queries import BookingRow, ListedReminder, ReminderRow
+from .queries import BookingRow, ListedReminder, NewReminder, ReminderRow
 from .routes import (
     Address,
     Route,
@@ -107,40 +108,38 @@ class BookingFields:
     @classmethod
     def names(cls, *, per_line: bool = False) -> tuple[str, ...]:
         """Field names (``per_line``: those a file line may give)."""
-        return tuple(f.name for f in fields(cls) if not per_line or f.metadata["shape"] != _FLAG)
+        return tuple(name for name, shape, _ in _specs() if not per_line or shape != _FLAG)
 
     def missing(self) -> list[str]:
         """Required fields not given."""
-        return [
-            f.name for f in fields(self) if f.metadata["required"] and not getattr(self, f.name)
-        ]
+        return [name for name, _, required in _specs() if required and not getattr(self, name)]
 
     def over(self, defaults: BookingFields) -> BookingFields:
         """These fields, with ``defaults``' values for those not given."""
-        given = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(
-            defaults, **{name: value for name, value in given.items() if value is not None}
-        )
+        given = {
+            name: value for name, _, _ in _specs() if (value := getattr(self, name)) is not None
+        }
+        return replace(defaults, **given)
 
     @classmethod
     def from_record(
         cls, record: Mapping[str, Any], as_list: Callable[[Any], list[str]]
     ) -> BookingFields:
         """One file line's values, each checked for its shape (``as_list`` reads lists)."""
-        unknown = set(record) - set(cls.names(per_line=True))
+        unknown = record.keys() - _line_names()
         if unknown:
             names = ", ".join(clip(n, 40) for n in sorted(unknown)[:10])
             raise InvalidInput(f"unknown key(s): {names}")
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in record:
+        for name, shape, _ in _specs():
+            if name not in record:
                 continue
-            value, shape = record[f.name], f.metadata["shape"]
+            value = record[name]
             if shape == _TEXT and not isinstance(value, str):
-                raise InvalidInput(f"{f.name} must be a string")
+                raise InvalidInput(f"{name} must be a string")
             if shape == _OBJECT and not isinstance(value, dict):
-                raise InvalidInput(f"{f.name} must be an object")
-            values[f.name] = as_list(value) if shape == _LIST else value
+                raise InvalidInput(f"{name} must be an object")
+            values[name] = as_list(value) if shape == _LIST else value
         return cls(**values)
 
     def validated(self, now: datetime) -> BookingInput:
@@ -185,6 +184,20 @@ class BookingFields:
             reactivate=bool(self.reactivate),
             zone_implied=not self.timezone,
         )
+
+
+@cache
+def _specs() -> tuple[tuple[str, str, bool], ...]:
+    """(name, shape, required) of each ``BookingFields`` field, read once: a file of 100k
+    lines asks for them on every line."""
+    return tuple(
+        (f.name, f.metadata["shape"], f.metadata["required"]) for f in fields(BookingFields)
+    )
+
+
+@cache
+def _line_names() -> frozenset[str]:
+    return frozenset(BookingFields.names(per_line=True))
 
 
 def _refuse_shared_alternatives(routes: tuple[Route, ...]) -> None:
@@ -317,9 +330,9 @@ class _Plan:
     """Every write of one create call, gathered so they run as bulk statements."""
 
     new_bookings: list[dict[str, Any]] = field(default_factory=list)
-    new_reminders: list[list[dict[str, Any]]] = field(default_factory=list)
+    new_reminders: list[list[NewReminder]] = field(default_factory=list)  # per new booking
     booking_updates: list[dict[str, Any]] = field(default_factory=list)
-    reminder_inserts: list[dict[str, Any]] = field(default_factory=list)
+    reminder_inserts: list[tuple[int, NewReminder]] = field(default_factory=list)
     rearms: list[dict[str, Any]] = field(default_factory=list)
     cancels: list[int] = field(default_factory=list)
     expires: list[int] = field(default_factory=list)
@@ -376,23 +389,17 @@ def _on_alternative(start: tuple[int, Address]) -> dict[str, Any]:
     return {"channel": channel, "recipient": recipient, "alternative": position}
 
 
-def _new_reminder(
-    key: Key, start: tuple[int, Address], times: Times, now: datetime
-) -> dict[str, Any]:
+_PENDING = Status.PENDING.value
+
+
+def _new_reminder(key: Key, start: tuple[int, Address], times: Times, now: datetime) -> NewReminder:
     kind, route = key
+    position, (channel, recipient) = start
     scheduled, not_after = times
-    return {
-        "kind": kind,
-        **_on_alternative(start),
-        "route": route,
-        "scheduled_at": scheduled,
-        "not_after": not_after,
-        "due_at": scheduled,
-        "status": Status.PENDING.value,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
+    return NewReminder(
+        kind, channel, recipient, route, position, scheduled, not_after, scheduled,
+        _PENDING, 0, now, now,
+    )  # fmt: skip
 
 
 def _rearm(
@@ -531,7 +538,7 @@ def _plan_existing(
             result.cancelled += 1
     for key, times in wanted.times.items():
         reminder = _new_reminder(key, wanted.start[key[1]], times, now)
-        plan.reminder_inserts.append({"booking_id": booking.id, **reminder})
+        plan.reminder_inserts.append((booking.id, reminder))
         result.added += 1
 
     values = _booking_values(inp, "active")
@@ -560,7 +567,7 @@ def _plan_existing(
 def _apply(conn: Connection, plan: _Plan, now: datetime) -> None:
     ids = queries.insert_bookings(conn, plan.new_bookings)
     inserts = [
-        {"booking_id": booking_id, **reminder}
+        (booking_id, reminder)
         for booking_id, reminders in zip(ids, plan.new_reminders, strict=True)
         for reminder in reminders
     ]
