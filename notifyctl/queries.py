@@ -284,15 +284,9 @@ def _bulk_bookings(
             return None
         defaults[column.name] = column.default.arg
     columns = [*given, *defaults]
-    dialect = conn.dialect
-    processors = [_bulk_processor(table.c[c].type, dialect) for c in columns]
     extra = tuple(defaults.values())
-    values = (
-        tuple(
-            value if process is None else process(value)
-            for process, value in zip(processors, (*(row[c] for c in given), *extra), strict=True)
-        )
-        for row in rows
+    values = _bound(
+        ((*(row[c] for c in given), *extra) for row in rows), _binders(table, columns, conn.dialect)
     )
     return columns, values
 
@@ -348,36 +342,45 @@ def insert_notifications(conn: Connection, rows: Sequence[tuple[int, NewReminder
     """
     if not rows:
         return
-    dialect = conn.dialect
-    columns = N.__table__.c
-    processors = [
-        (position, process)
-        for position, name in enumerate(NEW_REMINDER_COLUMNS)
-        if (process := columns[name].type.bind_processor(dialect)) is not None
-    ]
-    values = _bound(((booking_id, *reminder) for booking_id, reminder in rows), processors)
-    if dialect.name == "postgresql":
+    binders = _binders(N.__table__, NEW_REMINDER_COLUMNS, conn.dialect)
+    values = _bound(((booking_id, *reminder) for booking_id, reminder in rows), binders)
+    if conn.dialect.name == "postgresql":
         _copy_rows(conn, N.__tablename__, NEW_REMINDER_COLUMNS, values)
         return
     _executemany(conn, N.__tablename__, NEW_REMINDER_COLUMNS, values)
 
 
-def _bound(
-    rows: Iterable[tuple[Any, ...]], processors: Sequence[tuple[int, Callable[[Any], Any]]]
-) -> Iterator[tuple[Any, ...]]:
-    """Each row with the (hashable) values at the processors' positions put through them.
+#: a column's position in a row, its bind processor, and the values it already bound
+#: (None for JSON, whose values are not hashable)
+_Binder = tuple[int, Callable[[Any], Any], dict[Any, Any] | None]
 
-    Rows share many values (every reminder of a create has the same ``now``, those
-    of a booking its start and end): each distinct value is processed once.
+
+def _binders(table: Any, columns: Sequence[str], dialect: Any) -> list[_Binder]:
+    """The columns among ``columns`` whose type has a bind processor (the rest bind as is)."""
+    binders: list[_Binder] = []
+    for position, name in enumerate(columns):
+        type_ = table.c[name].type
+        process = _bulk_processor(type_, dialect)
+        if process is not None:
+            binders.append((position, process, None if isinstance(type_, JSON) else {}))
+    return binders
+
+
+def _bound(
+    rows: Iterable[tuple[Any, ...]], binders: Sequence[_Binder]
+) -> Iterator[tuple[Any, ...]]:
+    """Each row with its values bound by the binders' processors.
+
+    Rows share many values (every row of a create has the same ``now``, a booking's
+    reminders its start and end): each distinct value is processed once.
     """
-    memos: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = [
-        (position, process, {}) for position, process in processors
-    ]
     for row in rows:
         values = list(row)
-        for position, process, done in memos:
+        for position, process, done in binders:
             value = values[position]
-            if value in done:
+            if done is None:
+                values[position] = process(value)
+            elif value in done:
                 values[position] = done[value]
             else:
                 values[position] = done[value] = process(value)
@@ -1013,17 +1016,33 @@ def chat_moves(
     conn: Connection, recipients: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[str, str]]:
     """(channel, old) → (channel, new) for the given recipients whose chat moved."""
-    wanted = sorted(set(recipients))
-    found: dict[tuple[str, str], tuple[str, str]] = {}
-    for part in chunks(wanted):
-        rows = conn.execute(
-            select(ChatMove.channel, ChatMove.old_recipient, ChatMove.new_recipient).where(
-                tuple_(ChatMove.channel, ChatMove.old_recipient).in_(part)
+    wanted = set(recipients)
+    stmt = select(ChatMove.channel, ChatMove.old_recipient, ChatMove.new_recipient)
+    rows = _whole_if_smaller(conn, stmt, wanted)
+    if rows is None:
+        rows = [
+            row
+            for part in chunks(sorted(wanted))
+            for row in conn.execute(
+                stmt.where(tuple_(ChatMove.channel, ChatMove.old_recipient).in_(part))
             )
-        )
-        for channel, old, new in rows:
-            found[(channel, old)] = (channel, new)
-    return found
+        ]
+    return {(c, old): (c, new) for c, old, new in rows if (c, old) in wanted}
+
+
+def _whole_if_smaller(
+    conn: Connection, stmt: Any, wanted: set[tuple[str, str]]
+) -> Sequence[Any] | None:
+    """Every row of ``stmt`` when it has fewer than the keys asked about, else None.
+
+    A bulk create asks about 100k recipients: when the table (chat moves, suppressed
+    recipients: rare events) is smaller, one read of it beats 200 lookups of 500
+    keys each. Bounded by the number of keys, so never worse than the lookups.
+    """
+    if len(wanted) <= CHUNK:
+        return None
+    rows = conn.execute(stmt.limit(len(wanted))).all()
+    return rows if len(rows) < len(wanted) else None
 
 
 def _route_after_move(old: str, new: str) -> ColumnElement[str]:
@@ -1092,15 +1111,16 @@ H = Recipient
 
 def suppressed_among(conn: Connection, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     """Those of the given (channel, suppression key) pairs that are suppressed."""
-    found: set[tuple[str, str]] = set()
-    for part in chunks(sorted(set(keys))):
-        rows = conn.execute(
-            select(H.channel, H.address).where(
-                H.state == RecipientState.SUPPRESSED, tuple_(H.channel, H.address).in_(part)
-            )
-        )
-        found.update((channel, address) for channel, address in rows)
-    return found
+    wanted = set(keys)
+    stmt = select(H.channel, H.address).where(H.state == RecipientState.SUPPRESSED)
+    rows = _whole_if_smaller(conn, stmt, wanted)
+    if rows is None:
+        rows = [
+            row
+            for part in chunks(sorted(wanted))
+            for row in conn.execute(stmt.where(tuple_(H.channel, H.address).in_(part)))
+        ]
+    return {(channel, address) for channel, address in rows if (channel, address) in wanted}
 
 
 def set_recipient_state(

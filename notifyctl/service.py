@@ -116,10 +116,11 @@ class BookingFields:
 
     def over(self, defaults: BookingFields) -> BookingFields:
         """These fields, with ``defaults``' values for those not given."""
-        given = {
-            name: value for name, _, _ in _specs() if (value := getattr(self, name)) is not None
+        merged = {
+            name: getattr(defaults, name) if (value := getattr(self, name)) is None else value
+            for name, _, _ in _specs()
         }
-        return replace(defaults, **given)
+        return BookingFields(**merged)
 
     @classmethod
     def from_record(
