@@ -373,15 +373,15 @@ def _wanted(inp: BookingInput, now: datetime, suppressed: Container[Address]) ->
     for kind in inp.kinds:
         scheduled = kind.scheduled_at(inp.starts_at, inp.ends_at)
         not_after = kind.not_after(inp.starts_at, inp.ends_at)
+        if not_after > now and scheduled < not_after:
+            times = (scheduled, not_after)
+            for text in wanted.start:
+                wanted.times[(kind.name, text)] = times
+            continue
+        reason = _useless_reason(kind, scheduled, not_after, now)
         for text, (_, (channel, recipient)) in wanted.start.items():
-            if not_after <= now or scheduled >= not_after:
-                reason = _useless_reason(kind, scheduled, not_after, now)
-                wanted.skipped.append(
-                    Skipped(kind.name, channel, shown_recipient(recipient), reason)
-                )
-                wanted.useless.add((kind.name, text))
-            else:
-                wanted.times[(kind.name, text)] = (scheduled, not_after)
+            wanted.skipped.append(Skipped(kind.name, channel, shown_recipient(recipient), reason))
+            wanted.useless.add((kind.name, text))
     return wanted
 
 
@@ -445,7 +445,9 @@ def _result(inp: BookingInput, action: str, wanted: Wanted) -> BookingResult:
         timezone=inp.timezone if inp.zone_implied else None,
         suppressed=[
             shown_route(route) for route in inp.recipients if route_text(route) in wanted.suppressed
-        ],
+        ]
+        if wanted.suppressed
+        else [],
     )
 
 
