@@ -17,12 +17,14 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     ColumnElement,
     Connection,
     Float,
     Integer,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -197,12 +199,11 @@ def load_bookings(
     conn: Connection, external_ids: Sequence[str], *, lock: bool = False
 ) -> dict[str, BookingRow]:
     """Existing bookings by the caller's id (``lock``: held until the transaction ends)."""
-    found: dict[str, BookingRow] = {}
-    for part in chunks(external_ids):
-        stmt = select(*BOOKING_COLUMNS).where(B.external_id.in_(part)).order_by(B.id)
-        for row in conn.execute(_locked(stmt, conn, lock)):
-            found[row.external_id] = BookingRow(*row)
-    return found
+    if not external_ids:
+        return {}
+    stmt = select(*BOOKING_COLUMNS).where(_one_of(conn, B.external_id, external_ids))
+    rows = conn.execute(_locked(stmt.order_by(B.id), conn, lock))
+    return {row.external_id: BookingRow(*row) for row in rows}
 
 
 def load_notifications(
@@ -214,11 +215,28 @@ def load_notifications(
     over) until the caller's transaction ends: what create read is what it writes.
     """
     grouped: dict[int, list[ReminderRow]] = {b: [] for b in booking_ids}
-    for part in chunks(booking_ids):
-        stmt = select(*REMINDER_COLUMNS).where(N.booking_id.in_(part)).order_by(N.id)
-        for row in conn.execute(_locked(stmt, conn, lock)):
-            grouped[row.booking_id].append(ReminderRow(*row))
+    if not booking_ids:
+        return grouped
+    stmt = select(*REMINDER_COLUMNS).where(_one_of(conn, N.booking_id, booking_ids))
+    for row in conn.execute(_locked(stmt.order_by(N.id), conn, lock)):
+        grouped[row.booking_id].append(ReminderRow(*row))
     return grouped
+
+
+def _one_of(conn: Connection, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """``column`` is one of ``values``, all bound as one parameter however many they are.
+
+    A file of 100k bookings took 200 statements of 500 parameters each, and
+    rendering them cost seconds: PostgreSQL takes an array (``= ANY``), SQLite a
+    JSON array it reads with ``json_each``. Both search the column's index.
+    """
+    among: ColumnElement[bool]
+    if conn.dialect.name == "postgresql":
+        among = column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    else:
+        each = func.json_each(bindparam(None, json.dumps(list(values)))).table_valued("value")
+        among = column.in_(select(each.c.value))
+    return among
 
 
 def insert_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:

@@ -77,6 +77,7 @@ class BookingInput:
 
 
 _TEXT, _LIST, _OBJECT, _FLAG = "text", "list", "object", "flag"
+_DEFAULT_KINDS = tuple(parse_kinds([]))
 
 
 def _shape(shape: str, required: bool = False) -> dict[str, Any]:
@@ -177,7 +178,7 @@ class BookingFields:
             starts_at=starts,
             ends_at=ends,
             recipients=recipients,
-            kinds=tuple(parse_kinds(list(self.remind or []))),
+            kinds=tuple(parse_kinds(list(self.remind))) if self.remind else _DEFAULT_KINDS,
             title=title if title is not None else booking_id,
             timezone=zone_name(zone),
             locale=locale.replace("_", "-") if locale else None,
