@@ -405,7 +405,7 @@ def create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create or update a booking's reminders (upsert by BOOKING_ID)."""
-    from .bookfile import parse_data_pairs
+    from .bookfile import parse_data_pairs, paused_gc
     from .service import BookingFields, create_bookings
     from .times import collecting_notes
 
@@ -427,13 +427,14 @@ def create(
         if from_file is not None:
             if booking_id is not None:
                 raise InvalidInput("give either BOOKING_ID or --from-file, not both")
-            with _open_input(from_file) as (stream, name):
-                inputs, lines = _read_with_progress(
-                    stream, name, given, store.clock(), output, notes
+            with paused_gc():
+                with _open_input(from_file) as (stream, name):
+                    inputs, lines = _read_with_progress(
+                        stream, name, given, store.clock(), output, notes
+                    )
+                results = create_bookings(
+                    store, inputs, lines=lines, refuse_ended=True, notices=notices
                 )
-            results = create_bookings(
-                store, inputs, lines=lines, refuse_ended=True, notices=notices
-            )
         else:
             if booking_id is None:
                 raise InvalidInput("missing BOOKING_ID (or --from-file)")

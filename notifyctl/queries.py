@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     ColumnElement,
     Connection,
     Float,
     Integer,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -197,12 +199,11 @@ def load_bookings(
     conn: Connection, external_ids: Sequence[str], *, lock: bool = False
 ) -> dict[str, BookingRow]:
     """Existing bookings by the caller's id (``lock``: held until the transaction ends)."""
-    found: dict[str, BookingRow] = {}
-    for part in chunks(external_ids):
-        stmt = select(*BOOKING_COLUMNS).where(B.external_id.in_(part)).order_by(B.id)
-        for row in conn.execute(_locked(stmt, conn, lock)):
-            found[row.external_id] = BookingRow(*row)
-    return found
+    if not external_ids:
+        return {}
+    stmt = select(*BOOKING_COLUMNS).where(_one_of(conn, B.external_id, external_ids))
+    rows = conn.execute(_locked(stmt.order_by(B.id), conn, lock))
+    return {row.external_id: BookingRow(*row) for row in rows}
 
 
 def load_notifications(
@@ -214,27 +215,78 @@ def load_notifications(
     over) until the caller's transaction ends: what create read is what it writes.
     """
     grouped: dict[int, list[ReminderRow]] = {b: [] for b in booking_ids}
-    for part in chunks(booking_ids):
-        stmt = select(*REMINDER_COLUMNS).where(N.booking_id.in_(part)).order_by(N.id)
-        for row in conn.execute(_locked(stmt, conn, lock)):
-            grouped[row.booking_id].append(ReminderRow(*row))
+    if not booking_ids:
+        return grouped
+    stmt = select(*REMINDER_COLUMNS).where(_one_of(conn, N.booking_id, booking_ids))
+    for row in conn.execute(_locked(stmt.order_by(N.id), conn, lock)):
+        grouped[row.booking_id].append(ReminderRow(*row))
     return grouped
 
 
+def _one_of(conn: Connection, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """``column`` is one of ``values``, all bound as one parameter however many they are.
+
+    A file of 100k bookings took 200 statements of 500 parameters each, and
+    rendering them cost seconds: PostgreSQL takes an array (``= ANY``), SQLite a
+    JSON array it reads with ``json_each``. Both search the column's index.
+    """
+    among: ColumnElement[bool]
+    if conn.dialect.name == "postgresql":
+        among = column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    else:
+        each = func.json_each(bindparam(None, json.dumps(list(values)))).table_valued("value")
+        among = column.in_(select(each.c.value))
+    return among
+
+
 def insert_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert bookings; their new ids, in the order given."""
+    """Insert bookings; their new ids, in the order given.
+
+    The rows go to the driver in bulk (PostgreSQL: COPY with ids drawn from the
+    sequence; SQLite: one executemany), each value through its column type once.
+    """
     if not rows:
         return []
+    bulk = _bulk_bookings(conn, rows)
+    if bulk is None:
+        result = conn.execute(insert(B).returning(B.id, sort_by_parameter_order=True), list(rows))
+        return [r.id for r in result]
+    columns, values = bulk
     if conn.dialect.name == "postgresql":
-        copied = _copy_bookings(conn, rows)
-        if copied is not None:
-            return copied
-    result = conn.execute(insert(B).returning(B.id, sort_by_parameter_order=True), list(rows))
-    return [r.id for r in result]
+        drawn = conn.exec_driver_sql(
+            "SELECT nextval(pg_get_serial_sequence('bookings', 'id')) "
+            "FROM generate_series(1, %(n)s)",
+            {"n": len(rows)},
+        )
+        ids = sorted(int(i) for i in drawn.scalars())
+        numbered = ((booking_id, *row) for booking_id, row in zip(ids, values, strict=True))
+        _copy_rows(conn, B.__tablename__, ["id", *columns], numbered)
+        return ids
+    return _insert_bookings_sqlite(conn, rows, columns, values)
 
 
-def _copy_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int] | None:
-    """PostgreSQL: the ids drawn from the sequence in order, the rows written by COPY.
+def _insert_bookings_sqlite(
+    conn: Connection,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    values: Iterable[tuple[Any, ...]],
+) -> list[int]:
+    """One executemany; the new ids read back by external id.
+
+    Every id above the largest before the insert is one of these rows: the
+    transaction holds SQLite's write lock (``BEGIN IMMEDIATE``) throughout.
+    """
+    before = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM bookings").scalar_one()
+    _executemany(conn, B.__tablename__, columns, values)
+    added = conn.exec_driver_sql("SELECT external_id, id FROM bookings WHERE id > ?", (before,))
+    new = {external_id: booking_id for external_id, booking_id in added}
+    return [new[row["external_id"]] for row in rows]
+
+
+def _bulk_bookings(
+    conn: Connection, rows: Sequence[Mapping[str, Any]]
+) -> tuple[list[str], Iterator[tuple[Any, ...]]] | None:
+    """The columns and bound values of new bookings, for COPY or executemany.
 
     The columns are those of the first row, plus the model's scalar defaults for the
     others (what ``insert(B)`` would add); None when another kind of default is
@@ -249,29 +301,12 @@ def _copy_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[
         if not column.default.is_scalar:
             return None
         defaults[column.name] = column.default.arg
-    columns = ["id", *given, *defaults]
-    drawn = conn.exec_driver_sql(
-        "SELECT nextval(pg_get_serial_sequence('bookings', 'id')) FROM generate_series(1, %(n)s)",
-        {"n": len(rows)},
-    )
-    ids = sorted(int(i) for i in drawn.scalars())
-    dialect = conn.dialect
-    processors = [_copy_processor(table.c[c].type, dialect) for c in columns[1:]]
+    columns = [*given, *defaults]
     extra = tuple(defaults.values())
-    values = (
-        (
-            booking_id,
-            *(
-                value if process is None else process(value)
-                for process, value in zip(
-                    processors, (*(row[c] for c in given), *extra), strict=True
-                )
-            ),
-        )
-        for booking_id, row in zip(ids, rows, strict=True)
+    values = _bound(
+        ((*(row[c] for c in given), *extra) for row in rows), _binders(table, columns, conn.dialect)
     )
-    _copy_rows(conn, B.__tablename__, columns, values)
-    return ids
+    return columns, values
 
 
 BOOKING_FIELDS = (
@@ -294,57 +329,95 @@ def update_bookings(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None
     conn.execute(update(B).where(B.id == bindparam("b_id")).values(values), list(rows))
 
 
-NEW_REMINDER_COLUMNS = (
-    "booking_id",
-    "kind",
-    "channel",
-    "recipient",
-    "route",
-    "alternative",
-    "scheduled_at",
-    "not_after",
-    "due_at",
-    "status",
-    "attempts",
-    "created_at",
-    "updated_at",
-)
+class NewReminder(NamedTuple):
+    """A new reminder's values (``NEW_REMINDER_COLUMNS`` after ``booking_id``)."""
+
+    kind: str
+    channel: str
+    recipient: str
+    route: str
+    alternative: int
+    scheduled_at: datetime
+    not_after: datetime
+    due_at: datetime
+    status: str
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
 
 
-def insert_notifications(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Bulk insert of new reminders (``NEW_REMINDER_COLUMNS``).
+NEW_REMINDER_COLUMNS = ("booking_id", *NewReminder._fields)
+
+
+def insert_notifications(conn: Connection, rows: Sequence[tuple[int, NewReminder]]) -> None:
+    """Bulk insert of new reminders, each given as (booking id, its values).
 
     ``create --from-file`` writes hundreds of thousands of these: the rows go to
-    the driver's executemany as tuples, with each value put through its column
-    type's bind processor once, instead of SQLAlchemy's per-row parameter
-    construction, which cost more than the insert itself.
+    the driver as tuples (COPY on PostgreSQL, executemany on SQLite), only the
+    values whose column type has a bind processor (the times) put through it,
+    instead of SQLAlchemy's per-row parameter construction, which cost more than
+    the insert itself.
     """
     if not rows:
         return
-    dialect = conn.dialect
-    processors = [N.__table__.c[c].type.bind_processor(dialect) for c in NEW_REMINDER_COLUMNS]
-    values = (
-        tuple(
-            value if process is None else process(value)
-            for process, value in zip(
-                processors, (row[c] for c in NEW_REMINDER_COLUMNS), strict=True
-            )
-        )
-        for row in rows
-    )
-    if dialect.name == "postgresql":
+    binders = _binders(N.__table__, NEW_REMINDER_COLUMNS, conn.dialect)
+    values = _bound(((booking_id, *reminder) for booking_id, reminder in rows), binders)
+    if conn.dialect.name == "postgresql":
         _copy_rows(conn, N.__tablename__, NEW_REMINDER_COLUMNS, values)
         return
-    marker = "?" if dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO notifications ({', '.join(NEW_REMINDER_COLUMNS)}) "
-        f"VALUES ({', '.join([marker] * len(NEW_REMINDER_COLUMNS))})"
+    _executemany(conn, N.__tablename__, NEW_REMINDER_COLUMNS, values)
+
+
+#: a column's position in a row, its bind processor, and the values it already bound
+#: (None for JSON, whose values are not hashable)
+_Binder = tuple[int, Callable[[Any], Any], dict[Any, Any] | None]
+
+
+def _binders(table: Any, columns: Sequence[str], dialect: Any) -> list[_Binder]:
+    """The columns among ``columns`` whose type has a bind processor (the rest bind as is)."""
+    binders: list[_Binder] = []
+    for position, name in enumerate(columns):
+        type_ = table.c[name].type
+        process = _bulk_processor(type_, dialect)
+        if process is not None:
+            binders.append((position, process, None if isinstance(type_, JSON) else {}))
+    return binders
+
+
+def _bound(
+    rows: Iterable[tuple[Any, ...]], binders: Sequence[_Binder]
+) -> Iterator[tuple[Any, ...]]:
+    """Each row with its values bound by the binders' processors.
+
+    Rows share many values (every row of a create has the same ``now``, a booking's
+    reminders its start and end): each distinct value is processed once.
+    """
+    for row in rows:
+        values = list(row)
+        for position, process, done in binders:
+            value = values[position]
+            if done is None:
+                values[position] = process(value)
+            elif value in done:
+                values[position] = done[value]
+            else:
+                values[position] = done[value] = process(value)
+        yield tuple(values)
+
+
+def _executemany(
+    conn: Connection, table: str, columns: Sequence[str], values: Iterable[Sequence[Any]]
+) -> None:
+    """``INSERT INTO table (columns)`` of bound value tuples, one driver executemany."""
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    markers = ", ".join([marker] * len(columns))
+    conn.exec_driver_sql(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({markers})", list(values)
     )
-    conn.exec_driver_sql(sql, list(values))
 
 
-def _copy_processor(type_: Any, dialect: Any) -> Any:
-    """A column's bind processor for COPY: JSON as its text, None as JSON ``null``.
+def _bulk_processor(type_: Any, dialect: Any) -> Any:
+    """A column's bind processor for COPY and executemany: JSON as its text, None as ``null``.
 
     (An INSERT lets the driver adapt JSON values and writes None as ``null``
     unless the type says ``none_as_null``; COPY takes the text.)
@@ -357,7 +430,7 @@ def _copy_processor(type_: Any, dialect: Any) -> Any:
 
 
 def _copy_rows(
-    conn: Connection, table: str, columns: Sequence[str], values: Iterable[tuple[Any, ...]]
+    conn: Connection, table: str, columns: Sequence[str], values: Iterable[Sequence[Any]]
 ) -> None:
     """PostgreSQL: ``COPY table (columns) FROM STDIN`` on the connection's own transaction.
 
@@ -961,17 +1034,33 @@ def chat_moves(
     conn: Connection, recipients: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[str, str]]:
     """(channel, old) → (channel, new) for the given recipients whose chat moved."""
-    wanted = sorted(set(recipients))
-    found: dict[tuple[str, str], tuple[str, str]] = {}
-    for part in chunks(wanted):
-        rows = conn.execute(
-            select(ChatMove.channel, ChatMove.old_recipient, ChatMove.new_recipient).where(
-                tuple_(ChatMove.channel, ChatMove.old_recipient).in_(part)
+    wanted = set(recipients)
+    stmt = select(ChatMove.channel, ChatMove.old_recipient, ChatMove.new_recipient)
+    rows = _whole_if_smaller(conn, stmt, wanted)
+    if rows is None:
+        rows = [
+            row
+            for part in chunks(sorted(wanted))
+            for row in conn.execute(
+                stmt.where(tuple_(ChatMove.channel, ChatMove.old_recipient).in_(part))
             )
-        )
-        for channel, old, new in rows:
-            found[(channel, old)] = (channel, new)
-    return found
+        ]
+    return {(c, old): (c, new) for c, old, new in rows if (c, old) in wanted}
+
+
+def _whole_if_smaller(
+    conn: Connection, stmt: Any, wanted: set[tuple[str, str]]
+) -> Sequence[Any] | None:
+    """Every row of ``stmt`` when it has fewer than the keys asked about, else None.
+
+    A bulk create asks about 100k recipients: when the table (chat moves, suppressed
+    recipients: rare events) is smaller, one read of it beats 200 lookups of 500
+    keys each. Bounded by the number of keys, so never worse than the lookups.
+    """
+    if len(wanted) <= CHUNK:
+        return None
+    rows = conn.execute(stmt.limit(len(wanted))).all()
+    return rows if len(rows) < len(wanted) else None
 
 
 def _route_after_move(old: str, new: str) -> ColumnElement[str]:
@@ -1058,15 +1147,16 @@ H = Recipient
 
 def suppressed_among(conn: Connection, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     """Those of the given (channel, suppression key) pairs that are suppressed."""
-    found: set[tuple[str, str]] = set()
-    for part in chunks(sorted(set(keys))):
-        rows = conn.execute(
-            select(H.channel, H.address).where(
-                H.state == RecipientState.SUPPRESSED, tuple_(H.channel, H.address).in_(part)
-            )
-        )
-        found.update((channel, address) for channel, address in rows)
-    return found
+    wanted = set(keys)
+    stmt = select(H.channel, H.address).where(H.state == RecipientState.SUPPRESSED)
+    rows = _whole_if_smaller(conn, stmt, wanted)
+    if rows is None:
+        rows = [
+            row
+            for part in chunks(sorted(wanted))
+            for row in conn.execute(stmt.where(tuple_(H.channel, H.address).in_(part)))
+        ]
+    return {(channel, address) for channel, address in rows if (channel, address) in wanted}
 
 
 def set_recipient_state(

@@ -71,7 +71,8 @@ class Suppressed:
         self.keys = set(keys)
 
     def __contains__(self, address: object) -> bool:
-        return isinstance(address, tuple) and health_key(address) in self.keys
+        # none suppressed (the usual case) needs no key: a bulk create asks for every address
+        return bool(self.keys) and isinstance(address, tuple) and health_key(address) in self.keys
 
 
 def first_available(

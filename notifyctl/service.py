@@ -14,6 +14,7 @@ from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, tzinfo
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
@@ -27,7 +28,7 @@ from .errors import InvalidInput, NotFound, shown
 from .kinds import Kind, is_notice, parse_kinds
 from .models import BookingStatus, Reason, RecipientState, Status
 from .notices import Change, NoticePlan, plan_notices
-from .queries import BookingRow, ListedReminder, ReminderRow
+from .queries import BookingRow, ListedReminder, NewReminder, ReminderRow
 from .routes import (
     Address,
     Route,
@@ -76,6 +77,7 @@ class BookingInput:
 
 
 _TEXT, _LIST, _OBJECT, _FLAG = "text", "list", "object", "flag"
+_DEFAULT_KINDS = tuple(parse_kinds([]))
 
 
 def _shape(shape: str, required: bool = False) -> dict[str, Any]:
@@ -107,40 +109,39 @@ class BookingFields:
     @classmethod
     def names(cls, *, per_line: bool = False) -> tuple[str, ...]:
         """Field names (``per_line``: those a file line may give)."""
-        return tuple(f.name for f in fields(cls) if not per_line or f.metadata["shape"] != _FLAG)
+        return tuple(name for name, shape, _ in _specs() if not per_line or shape != _FLAG)
 
     def missing(self) -> list[str]:
         """Required fields not given."""
-        return [
-            f.name for f in fields(self) if f.metadata["required"] and not getattr(self, f.name)
-        ]
+        return [name for name, _, required in _specs() if required and not getattr(self, name)]
 
     def over(self, defaults: BookingFields) -> BookingFields:
         """These fields, with ``defaults``' values for those not given."""
-        given = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(
-            defaults, **{name: value for name, value in given.items() if value is not None}
-        )
+        merged = {
+            name: getattr(defaults, name) if (value := getattr(self, name)) is None else value
+            for name, _, _ in _specs()
+        }
+        return BookingFields(**merged)
 
     @classmethod
     def from_record(
         cls, record: Mapping[str, Any], as_list: Callable[[Any], list[str]]
     ) -> BookingFields:
         """One file line's values, each checked for its shape (``as_list`` reads lists)."""
-        unknown = set(record) - set(cls.names(per_line=True))
+        unknown = record.keys() - _line_names()
         if unknown:
             names = ", ".join(clip(n, 40) for n in sorted(unknown)[:10])
             raise InvalidInput(f"unknown key(s): {names}")
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in record:
+        for name, shape, _ in _specs():
+            if name not in record:
                 continue
-            value, shape = record[f.name], f.metadata["shape"]
+            value = record[name]
             if shape == _TEXT and not isinstance(value, str):
-                raise InvalidInput(f"{f.name} must be a string")
+                raise InvalidInput(f"{name} must be a string")
             if shape == _OBJECT and not isinstance(value, dict):
-                raise InvalidInput(f"{f.name} must be an object")
-            values[f.name] = as_list(value) if shape == _LIST else value
+                raise InvalidInput(f"{name} must be an object")
+            values[name] = as_list(value) if shape == _LIST else value
         return cls(**values)
 
     def validated(self, now: datetime) -> BookingInput:
@@ -177,7 +178,7 @@ class BookingFields:
             starts_at=starts,
             ends_at=ends,
             recipients=recipients,
-            kinds=tuple(parse_kinds(list(self.remind or []))),
+            kinds=tuple(parse_kinds(list(self.remind))) if self.remind else _DEFAULT_KINDS,
             title=title if title is not None else booking_id,
             timezone=zone_name(zone),
             locale=locale.replace("_", "-") if locale else None,
@@ -185,6 +186,20 @@ class BookingFields:
             reactivate=bool(self.reactivate),
             zone_implied=not self.timezone,
         )
+
+
+@cache
+def _specs() -> tuple[tuple[str, str, bool], ...]:
+    """(name, shape, required) of each ``BookingFields`` field, read once: a file of 100k
+    lines asks for them on every line."""
+    return tuple(
+        (f.name, f.metadata["shape"], f.metadata["required"]) for f in fields(BookingFields)
+    )
+
+
+@cache
+def _line_names() -> frozenset[str]:
+    return frozenset(BookingFields.names(per_line=True))
 
 
 def _refuse_shared_alternatives(routes: tuple[Route, ...]) -> None:
@@ -317,9 +332,9 @@ class _Plan:
     """Every write of one create call, gathered so they run as bulk statements."""
 
     new_bookings: list[dict[str, Any]] = field(default_factory=list)
-    new_reminders: list[list[dict[str, Any]]] = field(default_factory=list)
+    new_reminders: list[list[NewReminder]] = field(default_factory=list)  # per new booking
     booking_updates: list[dict[str, Any]] = field(default_factory=list)
-    reminder_inserts: list[dict[str, Any]] = field(default_factory=list)
+    reminder_inserts: list[tuple[int, NewReminder]] = field(default_factory=list)
     rearms: list[dict[str, Any]] = field(default_factory=list)
     cancels: list[int] = field(default_factory=list)
     expires: list[int] = field(default_factory=list)
@@ -359,15 +374,15 @@ def _wanted(inp: BookingInput, now: datetime, suppressed: Container[Address]) ->
     for kind in inp.kinds:
         scheduled = kind.scheduled_at(inp.starts_at, inp.ends_at)
         not_after = kind.not_after(inp.starts_at, inp.ends_at)
+        if not_after > now and scheduled < not_after:
+            times = (scheduled, not_after)
+            for text in wanted.start:
+                wanted.times[(kind.name, text)] = times
+            continue
+        reason = _useless_reason(kind, scheduled, not_after, now)
         for text, (_, (channel, recipient)) in wanted.start.items():
-            if not_after <= now or scheduled >= not_after:
-                reason = _useless_reason(kind, scheduled, not_after, now)
-                wanted.skipped.append(
-                    Skipped(kind.name, channel, shown_recipient(recipient), reason)
-                )
-                wanted.useless.add((kind.name, text))
-            else:
-                wanted.times[(kind.name, text)] = (scheduled, not_after)
+            wanted.skipped.append(Skipped(kind.name, channel, shown_recipient(recipient), reason))
+            wanted.useless.add((kind.name, text))
     return wanted
 
 
@@ -376,23 +391,17 @@ def _on_alternative(start: tuple[int, Address]) -> dict[str, Any]:
     return {"channel": channel, "recipient": recipient, "alternative": position}
 
 
-def _new_reminder(
-    key: Key, start: tuple[int, Address], times: Times, now: datetime
-) -> dict[str, Any]:
+_PENDING = Status.PENDING.value
+
+
+def _new_reminder(key: Key, start: tuple[int, Address], times: Times, now: datetime) -> NewReminder:
     kind, route = key
+    position, (channel, recipient) = start
     scheduled, not_after = times
-    return {
-        "kind": kind,
-        **_on_alternative(start),
-        "route": route,
-        "scheduled_at": scheduled,
-        "not_after": not_after,
-        "due_at": scheduled,
-        "status": Status.PENDING.value,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
+    return NewReminder(
+        kind, channel, recipient, route, position, scheduled, not_after, scheduled,
+        _PENDING, 0, now, now,
+    )  # fmt: skip
 
 
 def _rearm(
@@ -437,7 +446,9 @@ def _result(inp: BookingInput, action: str, wanted: Wanted) -> BookingResult:
         timezone=inp.timezone if inp.zone_implied else None,
         suppressed=[
             shown_route(route) for route in inp.recipients if route_text(route) in wanted.suppressed
-        ],
+        ]
+        if wanted.suppressed
+        else [],
     )
 
 
@@ -531,7 +542,7 @@ def _plan_existing(
             result.cancelled += 1
     for key, times in wanted.times.items():
         reminder = _new_reminder(key, wanted.start[key[1]], times, now)
-        plan.reminder_inserts.append({"booking_id": booking.id, **reminder})
+        plan.reminder_inserts.append((booking.id, reminder))
         result.added += 1
 
     values = _booking_values(inp, "active")
@@ -560,7 +571,7 @@ def _plan_existing(
 def _apply(conn: Connection, plan: _Plan, now: datetime) -> None:
     ids = queries.insert_bookings(conn, plan.new_bookings)
     inserts = [
-        {"booking_id": booking_id, **reminder}
+        (booking_id, reminder)
         for booking_id, reminders in zip(ids, plan.new_reminders, strict=True)
         for reminder in reminders
     ]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import InvalidInput
@@ -58,6 +59,7 @@ def zone_name(zone: tzinfo) -> str:
     return getattr(zone, "key", None) or zone.tzname(None) or "UTC"
 
 
+@lru_cache(maxsize=256)  # a file of bookings names the same few zones on every line
 def parse_zone(name: str) -> tzinfo:
     """An IANA zone by name (``Europe/Berlin``), or a fixed offset (``UTC+01:00``)."""
     fixed = _FIXED_ZONE.fullmatch(name or "")

@@ -84,9 +84,6 @@ def _shown_safely(address: str) -> str:
 def parse_recipient(raw: str) -> tuple[str, str]:
     """``--to`` value → (channel, normalised address); exit 2 when invalid."""
     text = raw.strip()
-    prefix, sep, rest = text.partition(":")
-    # as messages show it: no URL password or token
-    raw = f"{prefix}{sep}{_shown_safely(rest)}" if len(text) <= MAX_ADDRESS_LENGTH else "…"
     if _TELEGRAM_SHORT.fullmatch(text):
         channel, address = "telegram", text
     elif ":" in text:
@@ -94,12 +91,12 @@ def parse_recipient(raw: str) -> tuple[str, str]:
         channel = channel.lower()
     else:
         raise InvalidInput(
-            f"invalid recipient {raw!r}: use a Telegram chat id, @channel, "
+            f"invalid recipient {_quoted(text)}: use a Telegram chat id, @channel, "
             "or CHANNEL:ADDRESS (telegram:, console:, webhook:, email:, apprise:)"
         )
     if channel not in CHANNELS:
         raise InvalidInput(
-            f"invalid recipient {raw!r}: unknown channel {channel!r} "
+            f"invalid recipient {_quoted(text)}: unknown channel {channel!r} "
             f"(available: {', '.join(CHANNELS)})"
         )
     if len(address) > MAX_ADDRESS_LENGTH:
@@ -107,7 +104,15 @@ def parse_recipient(raw: str) -> tuple[str, str]:
     try:
         return channel, channel_module(channel).validate(address)
     except ValueError as e:
-        raise InvalidInput(f"invalid recipient {raw!r}: {e}") from e
+        raise InvalidInput(f"invalid recipient {_quoted(text)}: {e}") from e
+
+
+def _quoted(text: str) -> str:
+    """A ``--to`` value as an error message shows it: no URL password or token."""
+    if len(text) > MAX_ADDRESS_LENGTH:
+        return repr("…")
+    prefix, sep, rest = text.partition(":")
+    return repr(f"{prefix}{sep}{_shown_safely(rest)}")
 
 
 def sender(channel: str, recipient: str) -> str:
