@@ -25,7 +25,7 @@ from notifyctl.channels.telegram import pacing_key_for
 from notifyctl.config import Settings, telegram_bots_from
 from notifyctl.dispatch import Dispatcher, DispatchOptions, RunReport
 from notifyctl.models import DeliveryAttempt, Notification, Pacing, Status
-from notifyctl.pacing import SharedSlots
+from notifyctl.pacing import SLOT_GRACE, SharedSlots
 from notifyctl.service import Store, booking_input, create_booking, create_bookings
 from tests.fakes.telegram import FakeTelegram, migrated, too_many_requests
 from tests.support import Cli, FrozenClock
@@ -333,10 +333,27 @@ def test_slots_a_stalled_run_missed_are_dropped_not_sent_back_to_back(
     assert slots.take(deadline, wanted=25) == start  # a block of a second's slots
     clock.advance(0.5)  # the run stalls: half of its block is in the past
     late = slots.take(deadline)
-    assert clock() - interval <= late  # the next send goes on a slot of now, not 0.46 s ago
-    assert late == start + 12 * interval  # the missed ones are forgotten, the rest kept
+    assert clock() - SLOT_GRACE <= late  # the next send goes on a slot of now, not 0.46 s ago
+    assert late == start + 10 * interval  # the missed ones are forgotten, the rest kept
     clock.advance(5)  # stalled past the whole block: a fresh reservation after it
     assert slots.take(deadline) == clock()
+
+
+def test_slots_a_little_late_are_still_used_without_reserving_again(
+    store: Store, clock: FrozenClock
+) -> None:
+    interval = timedelta(seconds=1 / 10_000)
+    slots = SharedSlots(store, "bot", 10_000.0)
+    deadline = clock() + timedelta(minutes=1)
+    start = clock()
+    taken = []
+    for _ in range(50):
+        taken.append(slots.take(deadline, wanted=50))
+        clock.advance(0.001)  # a send a millisecond: every next slot is already past
+    assert taken == [start + i * interval for i in range(50)]  # one block, each slot used
+    with store.reader() as conn:
+        next_slot = conn.scalar(select(Pacing.next_slot_at).where(Pacing.key == "bot"))
+    assert next_slot == start + 50 * interval  # reserved once, not once per send
 
 
 def test_two_bots_deliver_twice_one_bots_rate_across_four_processes(
