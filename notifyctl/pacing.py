@@ -107,7 +107,7 @@ class SharedSlots:
         A run stalled (CPU, swap, a slow render) would otherwise send its missed
         slots back to back and, beside other runs on theirs, go over the
         provider's rate. Within the grace a slot is still used: any window of W
-        seconds then holds at most ``rate × (W + grace) + 1`` sends of all runs
+        seconds then holds at most ``rate * (W + grace) + 1`` sends of all runs
         together (25 msg/s: at most 28 in a second), and a run far below a high
         limit no longer reserves again, one transaction per message, because
         each next slot is a few hundred microseconds old.
