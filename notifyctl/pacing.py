@@ -119,6 +119,8 @@ class SharedSlots:
     def _reserve(self, count: int) -> datetime:
         with self._store.transaction() as conn:
             now = self._store.clock()
+            if conn.dialect.name == "postgresql":
+                return queries.reserve_slots_at_once(conn, self._key, count, self._interval, now)
             queries.ensure_pacing_row(conn, self._key, now)
             return queries.reserve_slots(conn, self._key, count, self._interval, now)
 
