@@ -25,7 +25,7 @@ from notifyctl.channels.telegram import pacing_key_for
 from notifyctl.config import Settings, telegram_bots_from
 from notifyctl.dispatch import Dispatcher, DispatchOptions, RunReport
 from notifyctl.models import DeliveryAttempt, Notification, Pacing, Status
-from notifyctl.pacing import SLOT_GRACE, SharedSlots
+from notifyctl.pacing import SharedSlots
 from notifyctl.service import Store, booking_input, create_booking, create_bookings
 from tests.fakes.telegram import FakeTelegram, migrated, too_many_requests
 from tests.support import Cli, FrozenClock
@@ -333,8 +333,8 @@ def test_slots_a_stalled_run_missed_are_dropped_not_sent_back_to_back(
     assert slots.take(deadline, wanted=25) == start  # a block of a second's slots
     clock.advance(0.5)  # the run stalls: half of its block is in the past
     late = slots.take(deadline)
-    assert clock() - SLOT_GRACE <= late  # the next send goes on a slot of now, not 0.46 s ago
-    assert late == start + 10 * interval  # the missed ones are forgotten, the rest kept
+    assert clock() - interval <= late  # the next send goes on a slot of now, not 0.46 s ago
+    assert late == start + 12 * interval  # the missed ones are forgotten, the rest kept
     clock.advance(5)  # stalled past the whole block: a fresh reservation after it
     assert slots.take(deadline) == clock()
 
