@@ -9,9 +9,10 @@ either writes. Read-only work passes ``execution_options(readonly=True)``.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -225,11 +226,26 @@ class Store:
 
     engine: Engine
     clock: Clock = utcnow
+    _writer: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with translate_errors(self.url), self.engine.begin() as conn:
+        with self._write_turn(), translate_errors(self.url), self.engine.begin() as conn:
             yield conn
+
+    def _write_turn(self) -> AbstractContextManager[object]:
+        """SQLite: the threads of one process take turns to write.
+
+        SQLite has one writer at a time anyway (``BEGIN IMMEDIATE``); a thread
+        finding the write lock taken polls it from SQLite's busy handler, which
+        sleeps 1-100 ms between tries. Queued on a lock, the next writer starts
+        the moment the last one commits (a dispatch run records, claims and
+        reserves send slots from several threads). Other processes still meet
+        the busy timeout.
+        """
+        if self.engine.dialect.name == "sqlite":
+            return self._writer
+        return nullcontext()
 
     @contextmanager
     def reader(self) -> Iterator[Connection]:

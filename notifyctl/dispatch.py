@@ -18,9 +18,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TextIO, TypeVar
 
@@ -107,6 +107,16 @@ GATHER = 0.02
 
 #: a batch's bookings are read again when the copy is older than this (one query for all)
 FRESH = 0.05
+
+
+@dataclass
+class _Flight:
+    """The sends out at once, across the batches of one run."""
+
+    returned: queue.SimpleQueue[Returned | BaseException] = field(default_factory=queue.SimpleQueue)
+    pending: dict[int, Claim] = field(default_factory=dict)  # sent off, not yet returned
+    channels: dict[int, Channel] = field(default_factory=dict)
+    corrections: list[Future[tuple[str, list[dict[str, Any]]]]] = field(default_factory=list)
 
 
 class BatchBookings:
@@ -271,52 +281,96 @@ class Dispatcher:
         lease: timedelta,
         margin: timedelta,
     ) -> None:
+        """Claim, send and record until nothing is due or the budget is spent.
+
+        The next batch is claimed while the last sends of the previous one are
+        still out (once half a batch or less is in flight), so the send threads
+        never stand idle during a claim. Every claim keeps its own lease token
+        and booking copy: the fence and the checks before a send are per batch,
+        whichever batches are out together.
+        """
         # No send starts after the budget: a run ends within --max-seconds plus one
         # send deadline, whatever receivers and pacing waits do.
         budget_end = self.clock() + timedelta(seconds=self.options.max_seconds)
         wait_until = self.clock() + self.options.wait_horizon
-        while self.monotonic() - started < self.options.max_seconds:
-            now = self.clock()
-            token = str(uuid.uuid4())
-            with self.store.transaction() as conn:
-                rows = queries.claim_due(
-                    conn, now, self.options.batch_size, token, lease, self._disabled_now()
-                )
-                bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
-                superseded = queries.superseded_among(conn, [r.id for r in rows], now)
-            if not rows:
-                wake = self._next_wake(now, wait_until)
-                if wake is None:
-                    return
-                self._pacer.sleep_until(wake)  # on time to the second, without a cron tick
+        flight = _Flight()
+        low_water = self.options.batch_size // 2
+        nothing_due = False  # the last claim found nothing: look again once all is answered
+        while True:
+            claiming = self.monotonic() - started < self.options.max_seconds
+            if claiming and not nothing_due and len(flight.pending) <= low_water:
+                now = self.clock()
+                if self._claim_batch(pool, flight, now, lease, margin, budget_end, report):
+                    continue
+                if not flight.pending:
+                    wake = self._next_wake(now, wait_until)
+                    if wake is None:
+                        break
+                    self._pacer.sleep_until(wake)  # on time to the second, without a cron tick
+                    continue
+                nothing_due = True
+            if not flight.pending:
+                if not claiming:
+                    break
+                nothing_due = False
                 continue
-            report.claimed += len(rows)
-            send_by = min(now + lease - margin, budget_end)
-            claims = [
-                Claim(
-                    row.id,
-                    token,
-                    row.channel,
-                    row.recipient,
-                    row.kind,
-                    row.attempts,
-                    row.not_after,
-                    send_by,
-                    now + lease,
-                    row.previous_starts_at,
-                    row.previous_ends_at,
-                    row.route,
-                    row.alternative,
-                )
-                for row in rows
-            ]
-            if superseded:  # a later reminder of the same booking and recipient is due too
-                self._record([_superseded(c) for c in claims if c.id in superseded], report)
-                claims = [c for c in claims if c.id not in superseded]
-            batch = BatchBookings(
-                self.store, token, {r.id: bookings[r.booking_id] for r in rows}, self.monotonic
+            group = self._collected(flight)
+            self._record(group, report)
+            for item in group:  # a notice is out: correct what the recipient was told before
+                channel = flight.channels.pop(item.claim.id)
+                if _delivered_notice(item) and isinstance(channel, Editor):
+                    flight.corrections.append(pool.submit(self._correct, item.claim, channel))
+            self._settle_corrections(flight, report, wait=False)
+        self._settle_corrections(flight, report, wait=True)
+
+    def _claim_batch(
+        self,
+        pool: ThreadPoolExecutor,
+        flight: _Flight,
+        now: datetime,
+        lease: timedelta,
+        margin: timedelta,
+        budget_end: datetime,
+        report: RunReport,
+    ) -> bool:
+        """Claim one batch and hand its sends to the pool; False when nothing was due."""
+        token = str(uuid.uuid4())
+        with self.store.transaction() as conn:
+            rows = queries.claim_due(
+                conn, now, self.options.batch_size, token, lease, self._disabled_now()
             )
-            self._send_batch(pool, claims, batch, report)
+            if not rows:
+                return False
+            bookings = queries.bookings_by_id(conn, (r.booking_id for r in rows))
+            superseded = queries.superseded_among(conn, [r.id for r in rows], now)
+        report.claimed += len(rows)
+        send_by = min(now + lease - margin, budget_end)
+        claims = [
+            Claim(
+                row.id,
+                token,
+                row.channel,
+                row.recipient,
+                row.kind,
+                row.attempts,
+                row.not_after,
+                send_by,
+                now + lease,
+                row.previous_starts_at,
+                row.previous_ends_at,
+                row.route,
+                row.alternative,
+            )
+            for row in rows
+        ]
+        if superseded:  # a later reminder of the same booking and recipient is due too
+            self._record([_superseded(c) for c in claims if c.id in superseded], report)
+            claims = [c for c in claims if c.id not in superseded]
+        batch = BatchBookings(
+            self.store, token, {r.id: bookings[r.booking_id] for r in rows}, self.monotonic
+        )
+        self._send_batch(pool, flight, claims, batch, report)
+        return True
 
     def _next_wake(self, now: datetime, wait_until: datetime) -> datetime | None:
         """When the next reminder falls due, if this run can still wait for it (one query)."""
@@ -331,10 +385,12 @@ class Dispatcher:
     def _send_batch(
         self,
         pool: ThreadPoolExecutor,
+        flight: _Flight,
         claims: list[Claim],
         bookings: BatchBookings,
         report: RunReport,
     ) -> None:
+        """Hand one batch's sends to the pool (those that cannot go are recorded now)."""
         ready: list[tuple[Claim, Channel]] = []
         unsent: list[Returned] = []
         for claim in claims:
@@ -349,22 +405,13 @@ class Dispatcher:
             key: self._pacer.allowance(key, count)
             for key, count in Counter(c.pacing_key for _, c in ready).items()
         }
-        returned: queue.SimpleQueue[Returned | BaseException] = queue.SimpleQueue()
         for claim, channel in ready:
+            flight.pending[claim.id] = claim
+            flight.channels[claim.id] = channel
             allowance = allowances[channel.pacing_key]
-            pool.submit(self._send_into, returned, claim, channel, bookings, allowance)
+            pool.submit(self._send_into, flight.returned, claim, channel, bookings, allowance)
         if unsent:
             self._record(unsent, report)
-        channels = {claim.id: channel for claim, channel in ready}
-        corrections: list[Future[tuple[str, list[dict[str, Any]]]]] = []
-        for group in self._completed(returned, [claim for claim, _ in ready]):
-            self._record(group, report)
-            for item in group:  # a notice is out: correct what the recipient was told before
-                channel = channels[item.claim.id]
-                if _delivered_notice(item) and isinstance(channel, Editor):
-                    corrections.append(pool.submit(self._correct, item.claim, channel))
-        if corrections:
-            self._record_corrections(corrections, report)
 
     def _send_into(
         self,
@@ -380,46 +427,58 @@ class Dispatcher:
         except BaseException as e:  # raised again in the recording thread
             returned.put(e)
 
-    def _completed(
-        self, returned: queue.SimpleQueue[Returned | BaseException], claims: list[Claim]
-    ) -> Iterator[list[Returned]]:
-        """The sends that have returned, in groups: those finished within ``GATHER`` s.
+    def _collected(self, flight: _Flight) -> list[Returned]:
+        """The next sends to return, as one group: those finished within ``GATHER`` s.
 
         Gathering what returns within a few milliseconds records a fast
         provider's answers in a few transactions instead of one each.
         A send still out a whole send deadline after the claim's last moment to
         start is abandoned: it may have gone out, so it becomes a retry marked
         uncertain (channels end their own sends at the deadline; this is the
-        backstop for one that does not).
+        backstop for one that does not). Whatever returns later for an
+        abandoned claim is ignored.
         """
-        pending = {claim.id: claim for claim in claims}
+        pending = flight.pending
         deadline = self.context.send_deadline
-        while pending:
+        while True:
             latest = max(c.send_by for c in pending.values()) + timedelta(seconds=deadline)
             wait_s = (latest - self.clock()).total_seconds()
             try:
-                group = [returned.get(timeout=max(0.0, wait_s))]
+                group = [flight.returned.get(timeout=max(0.0, wait_s))]
             except queue.Empty:
                 now = self.clock()
                 abandoned = SendResult.retry(
                     f"no answer within the send deadline ({deadline:g} s): it may have gone out",
                     uncertain=True,
                 )
-                yield [Attempted(c, abandoned, now, now) for c in pending.values()]
-                return
+                done: list[Returned] = [Attempted(c, abandoned, now, now) for c in pending.values()]
+                pending.clear()
+                return done
             gather_end = time.monotonic() + GATHER
             while len(group) < len(pending):
                 try:
-                    group.append(returned.get(timeout=max(0.0, gather_end - time.monotonic())))
+                    group.append(
+                        flight.returned.get(timeout=max(0.0, gather_end - time.monotonic()))
+                    )
                 except queue.Empty:
                     break
-            done: list[Returned] = []
+            done = []
             for item in group:
                 if isinstance(item, BaseException):
                     raise item
-                del pending[item.claim.id]
-                done.append(item)
-            yield done
+                if pending.pop(item.claim.id, None) is not None:
+                    done.append(item)
+            if done:
+                return done
+
+    def _settle_corrections(self, flight: _Flight, report: RunReport, *, wait: bool) -> None:
+        """Record the message edits that are done (all of them, waiting, when ``wait``)."""
+        if not flight.corrections:
+            return
+        done = [f for f in flight.corrections if wait or f.done()]
+        if done:
+            flight.corrections = [f for f in flight.corrections if f not in done]
+            self._record_corrections(done, report)
 
     def _warm_up(self, ready: list[tuple[Claim, Channel]], bookings: BatchBookings) -> None:
         """Render one text per channel and kind now, before any send slot is taken.

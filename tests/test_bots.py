@@ -335,6 +335,23 @@ def test_slots_a_stalled_run_missed_are_dropped_not_sent_back_to_back(
     assert slots.take(deadline) == clock()
 
 
+def test_slots_a_little_late_are_still_used_without_reserving_again(
+    store: Store, clock: FrozenClock
+) -> None:
+    interval = timedelta(seconds=1 / 10_000)
+    slots = SharedSlots(store, "bot", 10_000.0)
+    deadline = clock() + timedelta(minutes=1)
+    start = clock()
+    taken = []
+    for _ in range(50):
+        taken.append(slots.take(deadline, wanted=50))
+        clock.advance(0.001)  # a send a millisecond: every next slot is already past
+    assert taken == [start + i * interval for i in range(50)]  # one block, each slot used
+    with store.reader() as conn:
+        next_slot = conn.scalar(select(Pacing.next_slot_at).where(Pacing.key == "bot"))
+    assert next_slot == start + 50 * interval  # reserved once, not once per send
+
+
 def test_two_bots_deliver_twice_one_bots_rate_across_four_processes(
     database_url: str, store: Store, clock: FrozenClock
 ) -> None:

@@ -1105,3 +1105,31 @@ def test_token_stays_out_of_cli_output_when_the_api_is_unreachable(
     assert "ConnectionError" in done.stderr  # the detail is shown ...
     assert_no_token(done.stdout, done.stderr)  # ... without the token
     assert_no_token(reminder(store)["last_error"])
+
+
+def test_batches_out_together_each_keep_their_own_lease(
+    store: Store, clock: FrozenClock, tg: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chats = [str(1000 + i) for i in range(12)]
+    for i, chat in enumerate(chats):
+        remind(store, f"b{i}", chat)
+    tokens: list[str] = []
+    claim_due = queries.claim_due
+
+    def spy(conn: Any, now: datetime, limit: int, token: str, *args: Any) -> Any:
+        rows = claim_due(conn, now, limit, token, *args)
+        if rows:
+            tokens.append(token)
+        return rows
+
+    monkeypatch.setattr(queries, "claim_due", spy)
+    # the next batch is claimed while the last sends of the one before are out
+    report = run(store, clock, tg, batch_size=4, concurrency=2)
+
+    assert (report.claimed, report.sent, report.lease_lost) == (12, 12, 0)
+    assert sorted(m.chat_id for m in tg.messages) == chats  # each exactly once
+    assert len(set(tokens)) == len(tokens) == 3
+    with store.reader() as conn:
+        assert conn.scalar(select(func.count()).select_from(DeliveryAttempt)) == 12
+        assert set(conn.scalars(select(N.status))) == {Status.SENT}
+        assert conn.scalar(select(func.count()).where(N.lease_token.is_not(None))) == 0
