@@ -680,6 +680,8 @@ class Dispatcher:
                 elsewhere = _suppress_gone(conn, decided, now, report.run_id)
                 final = _along_chains(conn, decided, now)
                 won = _apply_outcomes(conn, final, now)
+                back = [c.id for c, o, _ in final if c.id in won and o.status is Status.PENDING]
+                elsewhere = elsewhere.plus(health.leave_suppressed(conn, back, now, report.run_id))
                 attempts = [
                     _attempt_row(sent, report.run_id, outcome)
                     for _, outcome, sent in final
@@ -762,8 +764,7 @@ def _suppress_gone(
         if outcome.suppress:
             detail = redact(outcome.error or "gone")
             done = health.suppress(conn, (claim.channel, claim.recipient), detail, now, run_id)
-            moved.fallbacks += done.fallbacks
-            moved.ended += done.ended
+            moved = moved.plus(done)
     return moved
 
 

@@ -92,6 +92,13 @@ class Moved:
     ended: int = 0  # failed or cancelled (``end``) for want of an alternative
     cancelled: int = 0  # of those, cancelled because their recipient was suppressed
 
+    def plus(self, other: Moved) -> Moved:
+        return Moved(
+            self.fallbacks + other.fallbacks,
+            self.ended + other.ended,
+            self.cancelled + other.cancelled,
+        )
+
 
 def move_along(
     conn: Connection,
@@ -149,22 +156,50 @@ def after_rescue(
     """Requeued reminders that must not be tried again where they were: the next alternative.
 
     Those whose last attempt ran out with their run (spent), and those whose recipient was
-    suppressed while they were out (``suppress`` moves only pending reminders; these were
-    ``sending``, and would otherwise go to a recipient that takes no more messages).
+    suppressed while they were out (``leave_suppressed``).
     """
     if not rescued.requeued:
         return Moved()
     rows = queries.reminders_by_id(conn, rescued.requeued)
     suppressed = suppressed_for(conn, (row.route for row in rows))
     spent = set(rescued.spent_chains)
-    gave_up = [row for row in rows if row.id in spent]
-    stranded = [
-        row for row in rows if row.id not in spent and (row.channel, row.recipient) in suppressed
-    ]
     why = f"{Reason.GAVE_UP}: lease expired on the last attempt"
     end = {"status": Status.FAILED, "reason": Reason.GAVE_UP, "last_error": why}
-    moved = move_along(conn, gave_up, suppressed, why, end, now, run_id)
+    gave_up = move_along(
+        conn, [row for row in rows if row.id in spent], suppressed, why, end, now, run_id
+    )
+    rest = [row for row in rows if row.id not in spent]
+    return gave_up.plus(_off_suppressed(conn, rest, suppressed, now, run_id))
+
+
+def leave_suppressed(
+    conn: Connection, ids: Sequence[int], now: datetime, run_id: int | None
+) -> Moved:
+    """Reminders just put back to pending whose recipient is suppressed: along their chain,
+    or cancelled.
+
+    ``suppress`` moves only pending reminders. One that was out (``sending``) when its
+    recipient was suppressed, by another run or by another answer of the same batch,
+    comes back through rescue or its own passing failure (a retry, a 429): it must not
+    wait there for a recipient that takes no more messages.
+    """
+    if not ids:
+        return Moved()
+    rows = queries.reminders_by_id(conn, ids)
+    suppressed = suppressed_for(conn, (row.route for row in rows))
+    return _off_suppressed(conn, rows, suppressed, now, run_id)
+
+
+def _off_suppressed(
+    conn: Connection,
+    rows: Sequence[DueReminder],
+    suppressed: Suppressed,
+    now: datetime,
+    run_id: int | None,
+) -> Moved:
+    stranded = [row for row in rows if (row.channel, row.recipient) in suppressed]
     why = f"{Reason.SUPPRESSED}: the recipient takes no more messages"
     end = {"status": Status.CANCELLED, "reason": Reason.SUPPRESSED, "last_error": why}
-    also = move_along(conn, stranded, suppressed, why, end, now, run_id)
-    return Moved(moved.fallbacks + also.fallbacks, moved.ended + also.ended, also.ended)
+    moved = move_along(conn, stranded, suppressed, why, end, now, run_id)
+    moved.cancelled = moved.ended
+    return moved

@@ -877,6 +877,23 @@ def test_rescue_never_sends_to_a_recipient_suppressed_while_the_run_was_out(
     assert [m.chat_id for m in tg.sent()] == (["666"] if fate[1] == "666" else [])
 
 
+def test_a_reminder_out_when_its_recipient_is_suppressed_does_not_wait_for_it(
+    store: Store, clock: FrozenClock, tg: FakeTelegram
+) -> None:
+    remind(store, "b1", "555")
+    remind(store, "b2", "555")
+    tg.script("555", blocked_by_user(), too_many_requests(1))  # whichever goes first is gone
+
+    run(store, clock, tg)
+
+    assert sorted(r["status"] for r in reminders(store)) == [Status.CANCELLED, Status.FAILED]
+    [cancelled] = [r for r in reminders(store) if r["status"] == Status.CANCELLED]
+    assert cancelled["reason"] == "suppressed"
+    clock.advance(60)
+    run(store, clock, tg)
+    assert len(tg.messages) == 2
+
+
 def test_a_live_lease_is_left_alone(store: Store, clock: FrozenClock, tg: FakeTelegram) -> None:
     remind(store, "b1", "12345")
     claim(store, "busy-run", lease=300)
