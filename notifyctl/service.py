@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import json
 import re
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
@@ -640,9 +641,14 @@ def create_bookings(
         raise InvalidInput(f"{len(errors)} invalid input(s), nothing written", errors)
     with store.transaction() as conn:
         inputs = _follow_moves(conn, inputs)
-        suppressed = health.suppressed_among(conn, (r for i in inputs for r in i.recipients))
         existing = queries.load_bookings(conn, [i.booking_id for i in inputs], lock=True)
         reminders = queries.load_notifications(conn, [b.id for b in existing.values()], lock=True)
+        # the recipients asked for, and those already reminded: a change notice goes to
+        # whoever received a reminder, whether or not the booking still names them
+        told = {alternatives(r.route) for rows in reminders.values() for r in rows}
+        suppressed = health.suppressed_among(
+            conn, itertools.chain((r for i in inputs for r in i.recipients), told)
+        )
         plan = _Plan()
         results: list[BookingResult] = []
         for index, inp in enumerate(inputs):

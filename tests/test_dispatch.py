@@ -432,7 +432,7 @@ def test_a_replayed_create_after_the_chat_moved_arms_nothing_sent_again(
     store: Store, clock: FrozenClock, tg: FakeTelegram
 ) -> None:
     start = clock() + timedelta(minutes=30)
-    booking = {
+    booking: dict[str, Any] = {
         "starts_at": start,
         "ends_at": start + timedelta(hours=1),
         "to": ["-4001"],
@@ -892,6 +892,31 @@ def test_a_reminder_out_when_its_recipient_is_suppressed_does_not_wait_for_it(
     clock.advance(60)
     run(store, clock, tg)
     assert len(tg.messages) == 2
+
+
+def test_no_change_notice_waits_for_a_recipient_suppressed_and_no_longer_booked(
+    store: Store, clock: FrozenClock, tg: FakeTelegram
+) -> None:
+    start = clock() + timedelta(minutes=30)
+    booking: dict[str, Any] = {"remind": ["hour_before"], "timezone": "Europe/Berlin"}
+    create_booking(
+        store, "b1", starts_at=start, ends_at=start + timedelta(hours=1), to=["555"], **booking
+    )
+    run(store, clock, tg)  # 555 got b1's reminder
+    create_booking(
+        store, "b1", starts_at=start, ends_at=start + timedelta(hours=1), to=["777"], **booking
+    )
+    remind(store, "b2", "555")
+    tg.script("555", blocked_by_user())
+    run(store, clock, tg)  # 555 is gone
+
+    later = start + timedelta(hours=1)
+    create_booking(
+        store, "b1", starts_at=later, ends_at=later + timedelta(hours=1), to=["777"], **booking
+    )
+
+    waiting = [r for r in reminders(store) if r["status"] == Status.PENDING]
+    assert [r["recipient"] for r in waiting if r["recipient"] == "555"] == []
 
 
 def test_a_live_lease_is_left_alone(store: Store, clock: FrozenClock, tg: FakeTelegram) -> None:

@@ -26,6 +26,7 @@ from notifyctl.notices import Change, Decision, Step, Told, notice_for
 from notifyctl.service import Store, cancel, create_booking
 from tests import dbstate as db
 from tests.fakes.http_receiver import HttpReceiver
+from tests.fakes.smtp import running_smtp
 from tests.fakes.telegram import (
     MESSAGE_NOT_MODIFIED,
     FakeTelegram,
@@ -35,7 +36,6 @@ from tests.fakes.telegram import (
     error,
 )
 from tests.support import Cli, CliResult, FrozenClock, clean_env
-from tests.test_channels_e2e import running_smtp
 
 TOKEN = "555111222:AAF-notices_Test_SECRET_q4"
 CHAT = "4242"
@@ -373,7 +373,7 @@ def test_webhook_and_email_notices_carry_what_changed(cli: Cli, database_url: st
         cli.ok("dispatch")
 
         bodies = [r.json() for r in rx.requests]
-        subjects = [m["Subject"] for m in smtp.recorder.parsed()]
+        subjects = [m.parsed()["Subject"] for m in smtp.messages]
     assert [b.get("event") for b in bodies] == [None, "rescheduled", "cancelled"]
     moved = bodies[1]
     assert moved["previous_starts_at"] == before["starts_at"].isoformat()

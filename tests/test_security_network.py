@@ -25,10 +25,10 @@ from sqlalchemy import select
 from notifyctl.db import make_engine
 from notifyctl.models import DeliveryAttempt
 from tests.fakes.http_receiver import Answer, HttpReceiver, closed_port
+from tests.fakes.smtp import running_smtp
 from tests.fakes.telegram import FakeTelegram, migrated
 from tests.fakes.trickle import Trickler
 from tests.support import Cli, CliResult
-from tests.test_channels_e2e import running_smtp
 
 TOKEN = "246813579:AAF-security_Network_SECRET_q1"
 SECRET = "whsec-security-0123456789"
@@ -535,4 +535,4 @@ def test_email_still_goes_out_within_the_deadline(cli: Cli) -> None:
         }
         ok(create(cli, "b1", "email:ann@example.org", "email:bob@example.org", **env))
         ok(cli("dispatch", **env))
-        assert len(smtp.recorder.envelopes) == 2
+        assert len(smtp.messages) == 2

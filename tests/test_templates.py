@@ -34,9 +34,9 @@ from notifyctl.texts import (
     sample_booking,
 )
 from tests.fakes.http_receiver import HttpReceiver
+from tests.fakes.smtp import running_smtp
 from tests.fakes.telegram import FakeTelegram
 from tests.support import Cli, CliResult, FrozenClock
-from tests.test_channels_e2e import running_smtp  # the aiosmtpd recorder
 
 N = Notification
 TOKEN = "555000111:AAF-templates_Test_SECRET_k3"
@@ -298,7 +298,7 @@ html = "<p>HTML from de+kind: {{ title }}</p>"
             email_from="reminders@example.com",
         )
         [message] = tg.messages
-        [mail] = smtp.recorder.parsed()
+        [mail] = [m.parsed() for m in smtp.messages]
 
     assert run.report.sent == 2
     assert message.text == "<b>Yoga</b> from kind+telegram"
@@ -353,7 +353,7 @@ def test_values_are_escaped_for_html_channels_and_plain_elsewhere(
         )
         [telegram] = tg.messages
         [hook] = rx.requests
-        [mail] = smtp.recorder.parsed()
+        [mail] = [m.parsed() for m in smtp.messages]
 
     assert run.report.sent == 4
     plain_text = f"{TITLE} | {NOTE}"
