@@ -90,7 +90,7 @@ class Moved:
 
     fallbacks: list[str] = field(default_factory=list)  # the channel each one left
     ended: int = 0  # failed or cancelled (``end``) for want of an alternative
-    cancelled: int = 0  # of those, cancelled because their recipient was suppressed
+    cancelled: int = 0  # of those, cancelled (their recipients suppressed), not failed
 
     def plus(self, other: Moved) -> Moved:
         return Moved(
@@ -118,6 +118,8 @@ def move_along(
         if to is None:
             updates.append({"n_id": row.id, **end, "updated_at": now})
             moved.ended += 1
+            if end["status"] is Status.CANCELLED:
+                moved.cancelled += 1
             continue
         # a reminder not yet due keeps its time on the next alternative
         due_at = max(row.due_at, now)
@@ -146,8 +148,12 @@ def suppress(
     suppressed = suppressed_for(conn, (row.route for row in rows))
     suppressed.keys.add(key)
     why = f"{Reason.SUPPRESSED}: {shown_address(key)} takes no more messages"
-    end = {"status": Status.CANCELLED, "reason": Reason.SUPPRESSED, "last_error": why}
-    return move_along(conn, rows, suppressed, why, end, now, run_id)
+    return move_along(conn, rows, suppressed, why, _cancelled(why), now, run_id)
+
+
+def _cancelled(why: str) -> dict[str, Any]:
+    """The columns that end a reminder whose chain has no alternative left unsuppressed."""
+    return {"status": Status.CANCELLED, "reason": Reason.SUPPRESSED, "last_error": why}
 
 
 def after_rescue(
@@ -199,7 +205,4 @@ def _off_suppressed(
 ) -> Moved:
     stranded = [row for row in rows if (row.channel, row.recipient) in suppressed]
     why = f"{Reason.SUPPRESSED}: the recipient takes no more messages"
-    end = {"status": Status.CANCELLED, "reason": Reason.SUPPRESSED, "last_error": why}
-    moved = move_along(conn, stranded, suppressed, why, end, now, run_id)
-    moved.cancelled = moved.ended
-    return moved
+    return move_along(conn, stranded, suppressed, why, _cancelled(why), now, run_id)

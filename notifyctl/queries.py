@@ -24,6 +24,7 @@ from sqlalchemy import (
     Float,
     Integer,
     Interval,
+    Select,
     and_,
     any_,
     bindparam,
@@ -1044,33 +1045,28 @@ def chat_moves(
     conn: Connection, recipients: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[str, str]]:
     """(channel, old) → (channel, new) for the given recipients whose chat moved."""
-    wanted = set(recipients)
     stmt = select(ChatMove.channel, ChatMove.old_recipient, ChatMove.new_recipient)
-    rows = _whole_if_smaller(conn, stmt, wanted)
-    if rows is None:
-        rows = [
-            row
-            for part in chunks(sorted(wanted))
-            for row in conn.execute(
-                stmt.where(tuple_(ChatMove.channel, ChatMove.old_recipient).in_(part))
-            )
-        ]
-    return {(c, old): (c, new) for c, old, new in rows if (c, old) in wanted}
+    rows = _rows_keyed_among(conn, stmt, set(recipients))
+    return {(c, old): (c, new) for c, old, new in rows}
 
 
-def _whole_if_smaller(
-    conn: Connection, stmt: Any, wanted: set[tuple[str, str]]
-) -> Sequence[Any] | None:
-    """Every row of ``stmt`` when it has fewer than the keys asked about, else None.
+def _rows_keyed_among(
+    conn: Connection, stmt: Select[*tuple[Any, ...]], wanted: set[tuple[str, str]]
+) -> list[Any]:
+    """The rows of ``stmt`` whose first two columns are one of the ``wanted`` pairs.
 
     A bulk create asks about 100k recipients: when the table (chat moves, suppressed
-    recipients: rare events) is smaller, one read of it beats 200 lookups of 500
-    keys each. Bounded by the number of keys, so never worse than the lookups.
+    recipients: rare events) has fewer rows than that, one read of it beats 200
+    lookups of 500 keys each; bounded by the number of keys, it is never worse.
     """
-    if len(wanted) <= CHUNK:
-        return None
-    rows = conn.execute(stmt.limit(len(wanted))).all()
-    return rows if len(rows) < len(wanted) else None
+    if len(wanted) > CHUNK:
+        whole = conn.execute(stmt.limit(len(wanted))).all()
+        if len(whole) < len(wanted):
+            return [row for row in whole if (row[0], row[1]) in wanted]
+    key = tuple_(*list(stmt.selected_columns)[:2])
+    return [
+        row for part in chunks(sorted(wanted)) for row in conn.execute(stmt.where(key.in_(part)))
+    ]
 
 
 def _route_after_move(old: str, new: str) -> ColumnElement[str]:
@@ -1157,16 +1153,8 @@ H = Recipient
 
 def suppressed_among(conn: Connection, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     """Those of the given (channel, suppression key) pairs that are suppressed."""
-    wanted = set(keys)
     stmt = select(H.channel, H.address).where(H.state == RecipientState.SUPPRESSED)
-    rows = _whole_if_smaller(conn, stmt, wanted)
-    if rows is None:
-        rows = [
-            row
-            for part in chunks(sorted(wanted))
-            for row in conn.execute(stmt.where(tuple_(H.channel, H.address).in_(part)))
-        ]
-    return {(channel, address) for channel, address in rows if (channel, address) in wanted}
+    return {(channel, address) for channel, address in _rows_keyed_among(conn, stmt, set(keys))}
 
 
 def set_recipient_state(
