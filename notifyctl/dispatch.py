@@ -261,6 +261,20 @@ class Dispatcher:
             if report.exit_code == 0:
                 raise
             log.warning("could not record the end of dispatch run %s", report.run_id)
+        self._fold_stats()
+
+    def _fold_stats(self) -> None:
+        """Sum the counts for ``stats`` this run (and any cancel meanwhile) appended.
+
+        Missing it costs nothing but the next run's fold: never an error of the run.
+        """
+        try:
+            with self.store.transaction() as conn:
+                queries.fold_stat_hours(conn)
+        except Exception as e:
+            log.warning(
+                "could not fold the counts for stats (%s); the next run will", type(e).__name__
+            )
 
     def _loop(self, report: RunReport, started: float) -> None:
         lease = timedelta(seconds=self.options.lease_seconds)

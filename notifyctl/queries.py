@@ -22,7 +22,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Float,
-    Integer,
     Interval,
     Select,
     and_,
@@ -36,7 +35,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    null,
+    literal_column,
     or_,
     select,
     text,
@@ -54,11 +53,13 @@ from .models import (
     ChatMove,
     DeliveryAttempt,
     DispatchRun,
+    LatenessHour,
     Notification,
     Pacing,
     Reason,
     Recipient,
     RecipientState,
+    StatHour,
     Status,
 )
 from .runs import RUN_COUNTERS, Action
@@ -626,11 +627,6 @@ def list_notifications(conn: Connection, where: ListFilter) -> Iterator[ListedRe
         yield ListedReminder(*row)
 
 
-def count_by_status(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(select(N.status, func.count()).group_by(N.status))
-    return {status: count for status, count in rows}
-
-
 def oldest_due(conn: Connection, now: datetime) -> datetime | None:
     """The oldest ``due_at`` among pending reminders already due (via the due index)."""
     return conn.scalar(
@@ -643,13 +639,6 @@ def oldest_due(conn: Connection, now: datetime) -> datetime | None:
 
 def count_due(conn: Connection, now: datetime) -> int:
     return conn.scalar(select(func.count()).where(N.status == Status.PENDING, N.due_at <= now)) or 0
-
-
-def count_failed_since(conn: Connection, since: datetime) -> int:
-    return (
-        conn.scalar(select(func.count()).where(N.status == Status.FAILED, N.updated_at >= since))
-        or 0
-    )
 
 
 # --- dispatch: expire / rescue / claim / record ----------------------------------------
@@ -1379,102 +1368,240 @@ def count_with_status(conn: Connection, status: Status) -> int:
     return conn.scalar(select(func.count()).where(N.status == status)) or 0
 
 
-def finished_counts(conn: Connection, since: datetime) -> list[GroupCount]:
-    """Reminders finished at or after ``since`` per channel, kind and status."""
-    rows = conn.execute(
-        select(N.channel, N.kind, func.count(), N.status)
-        .where(N.updated_at >= since, N.status.in_(FINAL_STATUSES))
-        .group_by(N.channel, N.kind, N.status)
-    )
-    return [GroupCount(*r) for r in rows]
+# --- stats: the hourly counts kept by triggers (models.StatHour, LatenessHour) -----------
+
+S = StatHour
+L = LatenessHour
+#: events of a finished reminder in stat_hours (expired by a later reminder: superseded)
+SUPERSEDED = "superseded"
+ATTEMPT_EVENTS = (Action.RETRIED.value, Action.FALLBACK.value)
 
 
-def retry_counts(conn: Connection, since: datetime) -> list[GroupCount]:
-    """Attempts since ``since`` whose outcome was a retry, per channel and kind."""
-    rows = conn.execute(
-        select(N.channel, N.kind, func.count())
-        .select_from(A)
-        .join(N, N.id == A.notification_id)
-        .where(A.started_at >= since, A.outcome == Action.RETRIED)
-        .group_by(N.channel, N.kind)
-    )
-    return [GroupCount(*r) for r in rows]
+class EventCount(NamedTuple):
+    channel: str
+    kind: str
+    event: str
+    number: int
 
 
-def fallback_counts(conn: Connection, since: datetime) -> list[GroupCount]:
-    """Alternatives left since ``since`` (a chain moved on), per channel left and kind."""
-    rows = conn.execute(
-        select(func.coalesce(A.channel, N.channel), N.kind, func.count())
-        .select_from(A)
-        .join(N, N.id == A.notification_id)
-        .where(A.started_at >= since, A.outcome == Action.FALLBACK)
-        .group_by(func.coalesce(A.channel, N.channel), N.kind)
-    )
-    return [GroupCount(*r) for r in rows]
+class LateCount(NamedTuple):
+    channel: str
+    kind: str
+    lateness_ms: int
+    number: int
 
 
-def _lateness_seconds(conn: Connection) -> ColumnElement[float]:
-    """``sent_at - scheduled_at`` in seconds (SQLite's date functions keep milliseconds)."""
-    if conn.dialect.name == "postgresql":
-        return cast(extract("epoch", N.sent_at - N.scheduled_at), Float)
-    return (func.julianday(N.sent_at) - func.julianday(N.scheduled_at)) * 86400.0
+def ceil_hour(moment: datetime) -> datetime:
+    """The first whole hour at or after ``moment`` (UTC): where the hourly counts take over."""
+    floor = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(hours=1)
 
 
-def lateness(conn: Connection, since: datetime, *, by_group: bool = True) -> list[Lateness]:
-    """p50, p95 and max of ``sent_at - scheduled_at`` (seconds) of reminders sent since ``since``.
+def lateness_ms_sql(sent: str, scheduled: str, dialect: str) -> str:
+    """SQL of ``sent - scheduled`` in ms, exact below 1 s, else to 3 significant digits.
 
-    Per (channel, kind) with ``by_group``, else one row over everything (its
-    channel and kind are NULL). Percentiles interpolate like PostgreSQL's
-    ``percentile_cont``; SQLite has none, so there each row is ranked with
-    window functions and the two rows around the percentile's position are
-    weighted. No row is loaded into Python either way.
+    Half away from zero, in integer arithmetic only (SQLite builds without its
+    math functions must run it too). The triggers of migration 0005 and the
+    reads below share this text, so that a row counts in the same bucket either way.
     """
-    seconds = _lateness_seconds(conn)
-    sent = and_(N.updated_at >= since, N.status == Status.SENT, N.sent_at.is_not(None))
-    groups: list[Any] = [N.channel, N.kind] if by_group else []
-    no_group: list[Any] = [null().label("channel"), null().label("kind")]
+    if dialect == "postgresql":
+        ms = f"(round(extract(epoch FROM ({sent}) - ({scheduled})) * 1000)::bigint)"
+    else:
+        ms = f"CAST(round((julianday({sent}) - julianday({scheduled})) * 86400000.0) AS INTEGER)"
+    size = f"abs({ms})"
+    steps = " ".join(f"WHEN {size} < {10**d} THEN {10 ** (d - 3)}" for d in range(3, 19))
+    step = f"(CASE {steps} ELSE {10**16} END)"
+    return (
+        f"(CASE WHEN {ms} >= 0 THEN ({ms} + {step} / 2) / {step} * {step} "
+        f"ELSE -(({size} + {step} / 2) / {step} * {step}) END)"
+    )
+
+
+def hour_sql(moment: str, dialect: str) -> str:
+    """SQL of the UTC hour a stored time falls in, stored as the column type stores times."""
+    if dialect == "postgresql":
+        return f"(date_trunc('hour', ({moment}) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+    return f"strftime('%Y-%m-%d %H:00:00.000000', {moment})"
+
+
+def event_sql(row: str) -> str:
+    """SQL of a finished reminder's ``stat_hours`` event (``row``: an alias, NEW or OLD)."""
+    superseded = f"{row}.status = 'expired' AND {row}.reason = '{Reason.SUPERSEDED.value}'"
+    return f"(CASE WHEN {superseded} THEN '{SUPERSEDED}' ELSE {row}.status END)"
+
+
+def _event_of_reminder() -> ColumnElement[str]:
+    superseded = and_(N.status == Status.EXPIRED, N.reason == Reason.SUPERSEDED)
+    return case((superseded, literal(SUPERSEDED)), else_=N.status)
+
+
+def stat_events(conn: Connection, since: datetime) -> list[EventCount]:
+    """Reminders finished and attempts retried or fallen back at or after ``since``.
+
+    Whole hours come from ``stat_hours``; the part of an hour before the first
+    whole one (a window rarely starts on the hour) from the rows themselves, by
+    the same index ranges the counts replaced.
+    """
+    whole = ceil_hour(since)
+    counted = func.sum(S.count)
+    rows: list[Any] = list(
+        conn.execute(
+            select(S.channel, S.kind, S.event, counted)
+            .where(S.hour >= whole)
+            .group_by(S.channel, S.kind, S.event)
+            .having(counted != 0)
+        )
+    )
+    if since < whole:
+        event = _event_of_reminder()
+        rows += conn.execute(
+            select(N.channel, N.kind, event, func.count())
+            .where(N.updated_at >= since, N.updated_at < whole, N.status.in_(FINAL_STATUSES))
+            .group_by(N.channel, N.kind, event)
+        ).all()
+        channel = func.coalesce(A.channel, N.channel)
+        rows += conn.execute(
+            select(channel, N.kind, A.outcome, func.count())
+            .select_from(A)
+            .join(N, N.id == A.notification_id)
+            .where(A.started_at >= since, A.started_at < whole, A.outcome.in_(ATTEMPT_EVENTS))
+            .group_by(channel, N.kind, A.outcome)
+        ).all()
+    return [EventCount(*r) for r in rows]
+
+
+def _sent_with_lateness(since: datetime, until: datetime | None = None) -> ColumnElement[bool]:
+    window = [N.updated_at >= since] + ([N.updated_at < until] if until is not None else [])
+    return and_(*window, N.status == Status.SENT, N.sent_at.is_not(None))
+
+
+def lateness_seconds(conn: Connection, since: datetime) -> list[tuple[str, str, float]]:
+    """(channel, kind, ``sent_at - scheduled_at`` in s) of every reminder sent since ``since``."""
     if conn.dialect.name == "postgresql":
-        stmt = select(
-            *(groups or no_group),
-            func.percentile_cont(0.5).within_group(seconds).label("p50"),
-            func.percentile_cont(0.95).within_group(seconds).label("p95"),
-            func.max(seconds).label("max"),
-        ).where(sent)
-        return [Lateness._make(r) for r in conn.execute(stmt.group_by(*groups) if groups else stmt)]
-    # Partitioned by (kind, channel), which no index yields in order, so SQLite reads
-    # the window's range of ix_notifications_updated_at instead of walking a whole index.
-    partitions = [N.kind, N.channel] if by_group else None
-    ranked = (
-        select(
-            *groups,
-            seconds.label("seconds"),
-            func.row_number().over(partition_by=partitions, order_by=seconds).label("rn"),
-            func.count().over(partition_by=partitions).label("cnt"),
-        )
-        .where(sent)
-        .subquery()
-    )
+        seconds: ColumnElement[float] = cast(extract("epoch", N.sent_at - N.scheduled_at), Float)
+    else:  # SQLite's date functions keep milliseconds
+        seconds = (func.julianday(N.sent_at) - func.julianday(N.scheduled_at)) * 86400.0
+    rows = conn.execute(select(N.channel, N.kind, seconds).where(_sent_with_lateness(since)))
+    return [(c, k, float(s)) for c, k, s in rows]
 
-    def percentile(p: float) -> ColumnElement[Any]:
-        position = 1 + p * (ranked.c.cnt - 1)  # 1-based, between two ranks
-        low = cast(position, Integer)  # truncation is floor: position >= 1
-        weight = position - low
-        return func.sum(
-            case(
-                (ranked.c.rn == low, (1 - weight) * ranked.c.seconds),
-                (ranked.c.rn == low + 1, weight * ranked.c.seconds),
-                else_=0.0,
+
+def lateness_counts(conn: Connection, since: datetime) -> list[LateCount]:
+    """Reminders sent since ``since`` per channel, kind and lateness bucket (ms)."""
+    whole = ceil_hour(since)
+    counted = func.sum(L.count)
+    rows: list[Any] = list(
+        conn.execute(
+            select(L.channel, L.kind, L.lateness_ms, counted)
+            .where(L.hour >= whole)
+            .group_by(L.channel, L.kind, L.lateness_ms)
+            .having(counted != 0)
+        )
+    )
+    if since < whole:
+        table = N.__tablename__
+        bucket: ColumnElement[int] = literal_column(
+            lateness_ms_sql(f"{table}.sent_at", f"{table}.scheduled_at", conn.dialect.name)
+        )
+        rows += conn.execute(
+            select(N.channel, N.kind, bucket, func.count())
+            .where(_sent_with_lateness(since, whole))
+            .group_by(N.channel, N.kind, bucket)
+        ).all()
+    return [LateCount(*r) for r in rows]
+
+
+def count_by_status(conn: Connection) -> dict[str, int]:
+    """Reminders per status: the live queue by its partial indexes, the history from stat_hours."""
+    counted = func.sum(S.count)
+    finished = conn.execute(
+        select(S.event, counted).where(S.event.in_([*FINAL_STATUSES, SUPERSEDED])).group_by(S.event)
+    )
+    counts = {Status(s).value: 0 for s in FINAL_STATUSES}
+    for event, count in finished:
+        status = Status.EXPIRED.value if event == SUPERSEDED else event
+        counts[status] += int(count)
+    return counts | {s.value: count_with_status(conn, s) for s in UNFINISHED}
+
+
+#: the advisory lock key of a fold on PostgreSQL (any constant: only folds take it)
+FOLD_LOCK = 0x6E6F7469667966
+
+_STAT_TABLES = (
+    (S, (S.hour, S.channel, S.kind, S.event)),
+    (L, (L.hour, L.channel, L.kind, L.lateness_ms)),
+)
+
+
+def fold_stat_hours(conn: Connection) -> int:
+    """Sum each hour that received rows since the last fold into one row per key.
+
+    Rows are taken by ``DELETE … RETURNING`` and their sums written back in the
+    same transaction, so a concurrent fold (PostgreSQL) can never count a row
+    twice: each row is deleted by one transaction only. Keys summing to 0 vanish.
+    """
+    if conn.dialect.name == "postgresql" and not conn.scalar(
+        select(func.pg_try_advisory_xact_lock(FOLD_LOCK))
+    ):
+        return 0  # another run is folding: two would only wait on each other's rows
+    folded = 0
+    for table, key in _STAT_TABLES:
+        touched = select(table.hour).where(text(f"NOT {table.__tablename__}.folded")).distinct()
+        taken = conn.execute(
+            delete(table).where(table.hour.in_(touched)).returning(*key, table.count)
+        ).all()
+        sums: dict[tuple[Any, ...], int] = {}
+        for *values, count in taken:
+            sums[tuple(values)] = sums.get(tuple(values), 0) + count
+        rows = [
+            dict(
+                zip(("hour", "channel", "kind", key[-1].key), k, strict=True), count=n, folded=True
             )
-        )
+            for k, n in sums.items()
+            if n
+        ]
+        if rows:
+            conn.execute(insert(table), rows)
+        folded += len(taken)
+    return folded
 
-    outer: list[Any] = [ranked.c.channel, ranked.c.kind] if by_group else []
-    stmt = select(
-        *(outer or no_group),
-        percentile(0.5).label("p50"),
-        percentile(0.95).label("p95"),
-        func.max(ranked.c.seconds).label("max"),
+
+def rebuild_stat_hours(conn: Connection) -> None:
+    """Count the whole store into stat_hours and lateness_hours afresh (migration 0005).
+
+    What the triggers would have written had they always been there, folded.
+    """
+    dialect = conn.dialect.name
+    final = ", ".join(f"'{s.value}'" for s in FINAL_STATUSES)
+    attempts = ", ".join(f"'{e}'" for e in ATTEMPT_EVENTS)
+    hour = hour_sql("n.updated_at", dialect)
+    late = lateness_ms_sql("n.sent_at", "n.scheduled_at", dialect)
+    event = event_sql("n")
+    true = "true" if dialect == "postgresql" else "1"
+    conn.execute(delete(S))
+    conn.execute(delete(L))
+    conn.execute(
+        text(
+            "INSERT INTO stat_hours (hour, channel, kind, event, count, folded) "
+            f"SELECT {hour}, n.channel, n.kind, {event}, count(*), {true} FROM notifications n "
+            f"WHERE n.status IN ({final}) GROUP BY 1, 2, 3, 4"
+        )
     )
-    return [Lateness._make(r) for r in conn.execute(stmt.group_by(*outer) if outer else stmt)]
+    conn.execute(
+        text(
+            "INSERT INTO stat_hours (hour, channel, kind, event, count, folded) "
+            f"SELECT {hour_sql('a.started_at', dialect)}, coalesce(a.channel, n.channel), n.kind, "
+            f"a.outcome, count(*), {true} FROM delivery_attempts a "
+            f"JOIN notifications n ON n.id = a.notification_id "
+            f"WHERE a.outcome IN ({attempts}) GROUP BY 1, 2, 3, 4"
+        )
+    )
+    conn.execute(
+        text(
+            "INSERT INTO lateness_hours (hour, channel, kind, lateness_ms, count, folded) "
+            f"SELECT {hour}, n.channel, n.kind, {late}, count(*), {true} FROM notifications n "
+            "WHERE n.status = 'sent' AND n.sent_at IS NOT NULL GROUP BY 1, 2, 3, 4"
+        )
+    )
 
 
 _RUN_COLUMNS = (R.id, R.host, R.pid, R.started_at, R.finished_at, R.exit_code)
@@ -1604,17 +1731,3 @@ def delete_runs_before(conn: Connection, cutoff: datetime, limit: int) -> int:
         .scalar_subquery()
     )
     return conn.execute(delete(R).where(R.id.in_(oldest))).rowcount
-
-
-def superseded_counts(conn: Connection, since: datetime) -> list[GroupCount]:
-    """Reminders expired as superseded at or after ``since``, per channel and kind."""
-    rows = conn.execute(
-        select(N.channel, N.kind, func.count())
-        .where(
-            N.updated_at >= since,
-            N.status == Status.EXPIRED,
-            N.reason == Reason.SUPERSEDED,
-        )
-        .group_by(N.channel, N.kind)
-    )
-    return [GroupCount(*r) for r in rows]

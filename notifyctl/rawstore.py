@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 #: the Alembic head this code expects; commands check it without importing Alembic
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: connect timeout of PostgreSQL connections, in seconds

@@ -145,6 +145,10 @@ ANY_WORK_SQL = (
     "SELECT 1 FROM notifications WHERE status = 'pending' AND not_after <= :now "
     "UNION ALL "
     "SELECT 1 FROM notifications WHERE status = 'sending' AND lease_expires_at <= :now "
+    "UNION ALL "  # counts for stats to fold (queries.fold_stat_hours)
+    "SELECT 1 FROM stat_hours WHERE NOT folded "
+    "UNION ALL "
+    "SELECT 1 FROM lateness_hours WHERE NOT folded "
     "LIMIT 1"
 )
 RECORD_IDLE_RUN_SQL = (
@@ -171,9 +175,11 @@ def _statements() -> tuple[TextClause, TextClause]:
 
 
 def has_work(conn: Connection, now: datetime, wait: timedelta = timedelta(0)) -> bool:
-    """Anything due (or due within ``wait``), past its useful time, or held by a lease that ran out?
+    """Anything due (or due within ``wait``), past its useful time, held by a lease that ran
+    out, or counts for ``stats`` to fold?
 
-    Each branch is served by a partial index (ix_notifications_due, _not_after, _lease).
+    Each branch is served by a partial index (ix_notifications_due, _not_after, _lease,
+    ix_stat_hours_unfolded, ix_lateness_hours_unfolded).
     """
     params = {"now": now, "horizon": now + wait}
     return conn.execute(_statements()[0], params).first() is not None

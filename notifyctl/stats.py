@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
     from .db import Store
-    from .queries import Lateness, RunRow
+    from .queries import RunRow
 
 RECENT_RUNS = 10
 
@@ -173,8 +173,19 @@ class Stats:
         }
 
 
-# final status → GroupStats field
-_STATUS_FIELD = {"sent": "sent", "failed": "failed", "expired": "expired", "cancelled": "cancelled"}
+# stat_hours event → GroupStats field
+_EVENT_FIELD = {
+    "sent": "sent",
+    "failed": "failed",
+    "expired": "expired",
+    "superseded": "superseded",
+    "cancelled": "cancelled",
+    "retried": "retries",
+    "fallback": "fallbacks",
+}
+#: up to this many sent reminders in a window, lateness is ranked exactly, one by one;
+#: beyond, from lateness_hours (exact below 1 s, 3 significant digits above)
+EXACT_LATENESS_LIMIT = 20_000
 
 
 def _queue_state(conn: Connection, now: datetime) -> QueueState:
@@ -203,7 +214,7 @@ def stats(store: Store, since: timedelta) -> Stats:
     """Outcomes per channel and kind over the last ``since``, the queue, the recent runs.
 
     A reminder counts in the window when it reached its final status inside it
-    (``updated_at``); a retry counts when its attempt started inside it.
+    (``updated_at``); a retry or a fallback when its attempt started inside it.
     """
     from . import queries
 
@@ -215,23 +226,18 @@ def stats(store: Store, since: timedelta) -> Stats:
         return counts.setdefault((channel, kind), {"channel": channel, "kind": kind})
 
     with store.reader() as conn:
-        for row in queries.finished_counts(conn, start):
-            group(row.channel, row.kind)[_STATUS_FIELD[str(row.status)]] = row.count
-        for row in queries.superseded_counts(conn, start):
+        for row in queries.stat_events(conn, start):
             entry = group(row.channel, row.kind)
-            entry["superseded"] = row.count
-            entry["expired"] = entry.get("expired", 0) - row.count
-        for row in queries.retry_counts(conn, start):
-            group(row.channel, row.kind)["retries"] = row.count
-        for row in queries.fallback_counts(conn, start):
-            group(row.channel, row.kind)["fallbacks"] = row.count
-        for by_group in queries.lateness(conn, start):
-            group(str(by_group.channel), str(by_group.kind)).update(_lateness(by_group))
-        (overall,) = queries.lateness(conn, start, by_group=False)
+            field = _EVENT_FIELD[row.event]
+            entry[field] = entry.get(field, 0) + int(row.number)
+        sent = sum(c.get("sent", 0) for c in counts.values())
+        late = _lateness(conn, start, exact=sent <= EXACT_LATENESS_LIMIT)
         queue = _queue_state(conn, now)
         runs = tuple(RunInfo.from_row(r) for r in queries.recent_runs(conn, RECENT_RUNS))
+    for key, figures in late.items():
+        if key is not None:
+            group(*key).update(figures)
     groups = tuple(GroupStats(**counts[key]) for key in sorted(counts))
-    late = _lateness(overall)
     total = GroupStats(
         channel="*",
         kind="*",
@@ -242,18 +248,62 @@ def stats(store: Store, since: timedelta) -> Stats:
         cancelled=sum(g.cancelled for g in groups),
         retries=sum(g.retries for g in groups),
         fallbacks=sum(g.fallbacks for g in groups),
-        lateness_p50=late["lateness_p50"],
-        lateness_p95=late["lateness_p95"],
-        lateness_max=late["lateness_max"],
+        **late.get(None, {}),
     )
     return Stats(now, start, groups, total, queue, runs)
 
 
-def _lateness(row: Lateness) -> dict[str, float | None]:
+Weighted = dict[float, int]  # value → how many reminders had it
+
+
+def _lateness(
+    conn: Connection, since: datetime, *, exact: bool
+) -> dict[tuple[str, str] | None, dict[str, float | None]]:
+    """p50, p95 and max of lateness per (channel, kind) and over everything (key None)."""
+    from . import queries
+
+    values: dict[tuple[str, str] | None, Weighted] = {None: {}}
+
+    def add(channel: str, kind: str, seconds: float, count: int) -> None:
+        for key in ((channel, kind), None):
+            into = values.setdefault(key, {})
+            into[seconds] = into.get(seconds, 0) + count
+
+    if exact:
+        for channel, kind, seconds in queries.lateness_seconds(conn, since):
+            add(channel, kind, seconds, 1)
+    else:
+        for row in queries.lateness_counts(conn, since):
+            add(row.channel, row.kind, row.lateness_ms / 1000, int(row.number))
+    return {key: _percentiles(weighted) for key, weighted in values.items()}
+
+
+def _percentiles(weighted: Weighted) -> dict[str, float | None]:
+    """Like PostgreSQL's ``percentile_cont``: between the two ranks around the position."""
+    ordered = sorted((v, n) for v, n in weighted.items() if n > 0)
+    total = sum(n for _, n in ordered)
+    if not total:
+        return {"lateness_p50": None, "lateness_p95": None, "lateness_max": None}
+
+    def at_rank(rank: int) -> float:  # 0-based
+        seen = 0
+        for value, n in ordered:
+            seen += n
+            if rank < seen:
+                return value
+        return ordered[-1][0]
+
+    def percentile(p: float) -> float:
+        position = p * (total - 1)
+        low = int(position)
+        weight = position - low
+        below = at_rank(low)
+        return below if weight == 0 else below + weight * (at_rank(low + 1) - below)
+
     return {
-        "lateness_p50": _round(row.p50),
-        "lateness_p95": _round(row.p95),
-        "lateness_max": _round(row.max),
+        "lateness_p50": _round(percentile(0.5)),
+        "lateness_p95": _round(percentile(0.95)),
+        "lateness_max": _round(ordered[-1][0]),
     }
 
 
@@ -298,5 +348,9 @@ def queue_summary(store: Store, statuses: tuple[str, ...] = ()) -> QueueSummary:
             counts={k: v for k, v in counts.items() if not statuses or k in statuses},
             due=queries.count_due(conn, now),
             oldest_due_age_seconds=_seconds(now - oldest if oldest else None),
-            failed_last_24h=queries.count_failed_since(conn, now - timedelta(hours=24)),
+            failed_last_24h=sum(
+                int(row.number)
+                for row in queries.stat_events(conn, now - timedelta(hours=24))
+                if row.event == Status.FAILED
+            ),
         )

@@ -380,16 +380,23 @@ def _sqlite_full_scans(plan: list[str]) -> list[str]:
     return found
 
 
-TABLES = ("notifications", "delivery_attempts", "dispatch_runs", "bookings")
+TABLES = (
+    "notifications",
+    "delivery_attempts",
+    "dispatch_runs",
+    "bookings",
+    "stat_hours",
+    "lateness_hours",
+)
 
 
 def test_stats_reads_through_indexes_never_a_full_scan(
     store: Store, executed: list[tuple[str, Any]]
 ) -> None:
     """A million finished rows must not make stats slow: every table is reached by an index."""
-    compute_stats(store, timedelta(hours=24))
+    compute_stats(store, timedelta(hours=24, minutes=30))  # half an hour read row by row
     statements = list(executed)
-    assert len(statements) >= 10
+    assert len(statements) >= 8
     with store.engine.connect() as conn:
         for statement, parameters in statements:
             if store.engine.dialect.name == "sqlite":
