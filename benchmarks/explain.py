@@ -52,19 +52,16 @@ def _since(now: datetime) -> datetime:
     return now - timedelta(hours=24)
 
 
-# ``stats --since 24h`` and ``list --summary``: the window's statements read the window's
-# range of an index, never the whole history (count_by_status is judged like the rest: a
-# full count of every status is a scan, which is what makes ``list --summary`` grow with
-# the history)
+# ``stats --since 24h`` and ``list --summary``: whole hours come from stats' hourly tables
+# (stat_hours, lateness_hours); the window's partial first hour and the exact lateness read
+# the window's range of an index, never the whole history. count_by_status counts the live
+# queue through its partial indexes and the history from stat_hours.
 STATS_QUERIES: dict[str, Callable[[Connection, datetime], object]] = {
-    "finished_counts": lambda conn, now: queries.finished_counts(conn, _since(now)),
-    "superseded_counts": lambda conn, now: queries.superseded_counts(conn, _since(now)),
-    "retry_counts": lambda conn, now: queries.retry_counts(conn, _since(now)),
-    "lateness": lambda conn, now: queries.lateness(conn, _since(now)),
-    "lateness_all": lambda conn, now: queries.lateness(conn, _since(now), by_group=False),
+    "stat_events": lambda conn, now: queries.stat_events(conn, _since(now)),
+    "lateness_seconds": lambda conn, now: queries.lateness_seconds(conn, _since(now)),
+    "lateness_counts": lambda conn, now: queries.lateness_counts(conn, _since(now)),
     "oldest_due": lambda conn, now: queries.oldest_due(conn, now),
     "count_due": lambda conn, now: queries.count_due(conn, now),
-    "count_failed_since": lambda conn, now: queries.count_failed_since(conn, _since(now)),
     "count_by_status": lambda conn, now: queries.count_by_status(conn),
 }
 ATTEMPTS = "delivery_attempts"

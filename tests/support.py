@@ -150,3 +150,35 @@ def on_terminal(
         code = process.wait(timeout=60)
     os.close(leader)
     return code, b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def stat_hours_drift(engine: Any) -> dict[str, Any]:
+    """Where the counts the triggers kept differ from counting the store afresh (empty: none).
+
+    Reads the kept sums, recounts (``queries.rebuild_stat_hours``) and reads again,
+    in one transaction that is rolled back: the store is left as it was.
+    """
+    from sqlalchemy import func, select
+
+    from notifyctl.models import LatenessHour, StatHour
+    from notifyctl.queries import rebuild_stat_hours
+
+    def sums(conn: Any) -> dict[str, dict[tuple[Any, ...], int]]:
+        found: dict[str, dict[tuple[Any, ...], int]] = {}
+        for table, key in ((StatHour, StatHour.event), (LatenessHour, LatenessHour.lateness_ms)):
+            columns = (table.hour, table.channel, table.kind, key)
+            rows = conn.execute(select(*columns, func.sum(table.count)).group_by(*columns))
+            found[table.__tablename__] = {tuple(r[:4]): int(r[4]) for r in rows if r[4]}
+        return found
+
+    with engine.connect() as conn:
+        kept = sums(conn)
+        rebuild_stat_hours(conn)
+        recounted = sums(conn)
+        conn.rollback()
+    drift: dict[str, Any] = {}
+    for table, counts in kept.items():
+        for key in counts.keys() | recounted[table].keys():
+            if counts.get(key, 0) != recounted[table].get(key, 0):
+                drift[f"{table} {key}"] = (counts.get(key, 0), recounted[table].get(key, 0))
+    return drift

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 
+from notifyctl import queries
 from notifyctl.db import Store
 from notifyctl.models import DispatchRun, Notification, Status
 from notifyctl.rawstore import plain_target
@@ -60,7 +61,7 @@ def test_idle_dispatch_loads_no_heavy_module_and_records_its_run(
     assert tuple(runs) == (1, 0)
 
 
-def reminder_in(store: Store, seconds: float, **values: Any) -> None:
+def reminder_in(store: Store, seconds: float, *, folded: bool = True, **values: Any) -> None:
     """A console reminder (at_start) due ``seconds`` from now, then forced to ``values``."""
     start = store.clock() + timedelta(seconds=seconds)
     create_booking(
@@ -74,6 +75,8 @@ def reminder_in(store: Store, seconds: float, **values: Any) -> None:
     if values:
         with store.transaction() as conn:
             conn.execute(update(Notification).values(**values))
+            if folded:  # as the run that finished it did on its way out
+                queries.fold_stat_hours(conn)
 
 
 @pytest.mark.parametrize(
@@ -87,6 +90,9 @@ def reminder_in(store: Store, seconds: float, **values: Any) -> None:
         pytest.param({"seconds": 3600, "lease": -1}, False, False, id="lease-ran-out"),
         pytest.param({"seconds": 3600, "lease": 60}, False, True, id="lease-held"),
         pytest.param({"seconds": 0, "status": Status.SENT}, False, True, id="finished"),
+        pytest.param(
+            {"seconds": 0, "status": Status.SENT, "folded": False}, False, False, id="to-fold"
+        ),
     ],
 )
 def test_the_plain_idle_check_decides_as_the_regular_one(
@@ -110,7 +116,7 @@ def test_the_plain_idle_check_decides_as_the_regular_one(
                 lease_token="t",
                 lease_expires_at=now + timedelta(seconds=state["lease"]),
             )
-        reminder_in(store, state["seconds"], **values)
+        reminder_in(store, state["seconds"], folded=state.get("folded", True), **values)
     options = DispatchOptions(wait=wait)
 
     plain = quick_idle_run(database_url, options, clock)

@@ -25,7 +25,7 @@ from notifyctl.db import make_engine
 from notifyctl.models import SCHEMA_REVISION, Base, BookingStatus, Status
 from notifyctl.runs import RUN_COUNTERS, Action, RunReport
 from tests import dbstate as db
-from tests.support import Cli, CliResult
+from tests.support import Cli, CliResult, stat_hours_drift
 
 REPO = Path(__file__).resolve().parents[1]
 _head = ScriptDirectory(str(REPO / "migrations")).get_current_head()
@@ -292,6 +292,57 @@ def test_routes_migration_keeps_reminders_and_their_history(database_url: str) -
     ]
     assert history == 2
     assert _notification_indexes(database_url) == indexes_before
+
+
+def test_stat_hours_migration_counts_the_history_already_there(database_url: str) -> None:
+    """0005 counts what the store holds into stats' hourly tables; stats reads the same."""
+    engine = make_engine(database_url, create_file=False)
+    migrations.downgrade(engine, "0004")
+    with db.connect(database_url) as conn:
+        _insert_old_booking(conn)
+        for n, (status, reason) in enumerate(
+            [("sent", None), ("sent", None), ("failed", None), ("expired", "superseded"),
+             ("cancelled", None), ("pending", None)]
+        ):  # fmt: skip
+            conn.execute(
+                text(
+                    "INSERT INTO notifications (booking_id, kind, channel, recipient, route, "
+                    "alternative, scheduled_at, not_after, due_at, status, reason, attempts, "
+                    "sent_at, created_at, updated_at) SELECT id, 'at_start', 'telegram', :r, "
+                    ":route, 0, starts_at, ends_at, starts_at, :s, :why, 1, "
+                    "CASE WHEN :sent THEN ends_at END, starts_at, ends_at FROM bookings"
+                ),
+                {
+                    "r": str(n),
+                    "route": f"telegram:{n}",
+                    "s": status,
+                    "why": reason,
+                    "sent": status == "sent",
+                },
+            )
+        conn.execute(
+            text(
+                "INSERT INTO delivery_attempts (notification_id, started_at, finished_at, "
+                "outcome, uncertain) SELECT id, due_at, due_at, 'retried', false "
+                "FROM notifications WHERE status = 'failed'"
+            )
+        )
+    migrations.upgrade(engine)
+    assert stat_hours_drift(engine) == {}
+    with db.connect(database_url) as conn:
+        events = conn.execute(
+            text("SELECT event, count, folded FROM stat_hours ORDER BY event")
+        ).all()
+        lateness = conn.execute(text("SELECT lateness_ms, count FROM lateness_hours")).all()
+    engine.dispose()
+    assert [tuple(r) for r in events] == [
+        ("cancelled", 1, True),
+        ("failed", 1, True),
+        ("retried", 1, True),
+        ("sent", 2, True),
+        ("superseded", 1, True),
+    ]
+    assert [tuple(r) for r in lateness] == [(3_600_000, 2)]  # sent at the end: 1 h late
 
 
 def _notification_indexes(url: str) -> list[tuple[str, list[str], dict[str, str]]]:

@@ -114,7 +114,7 @@ from notifyctl.models import Booking, DeliveryAttempt, Notification
 from notifyctl.runs import Action
 from notifyctl.service import Store, cancel, create_booking
 from tests import model_channel
-from tests.support import FrozenClock
+from tests.support import FrozenClock, stat_hours_drift
 
 # CI: 150 examples on SQLite and 60 on PostgreSQL, 60-90 s on two shared cores
 EXAMPLES = os.environ.get("NOTIFYCTL_MODEL_EXAMPLES")
@@ -925,6 +925,8 @@ class ReminderModel(RuleBasedStateMachine):
     def store_is_consistent(self) -> None:
         with self.guarded():
             self.check_rows(final=False)
+            drift = stat_hours_drift(self.store.engine)
+            self.check(not drift, f"stats counts (kept, recounted) drifted: {drift}")
             self.raise_violations()
 
     def check_rows(self, *, final: bool) -> None:

@@ -21,7 +21,7 @@ from notifyctl.models import Booking, DeliveryAttempt, DispatchRun, Notification
 from notifyctl.prune import prune
 from notifyctl.service import cancel, create_booking
 from tests.ops_support import dispatch, frozen_cli, minutes
-from tests.support import FrozenClock
+from tests.support import FrozenClock, stat_hours_drift
 
 THIRTY_DAYS = timedelta(days=30)
 
@@ -114,6 +114,7 @@ def test_prune_deletes_only_finished_bookings_older_than_the_cutoff(
         (attempt_run,) = conn.scalars(select(DeliveryAttempt.run_id))
     assert [tuple(r) for r in kept] == [("at_start", "sent"), ("before_end", "pending")]
     assert attempt_run is None  # its run was pruned; the attempt of a kept booking stays
+    assert stat_hours_drift(store.engine) == {}  # stats' counts lost what prune deleted
 
     again = prune(store, THIRTY_DAYS, dry_run=False)
     assert again.nothing

@@ -18,7 +18,7 @@ from notifyctl.service import summary as list_summary
 from notifyctl.stats import stats as compute_stats
 from tests.fakes.telegram import FakeTelegram, chat_not_found, error
 from tests.ops_support import TOKEN, attempt_outcomes, dispatch, frozen_cli, minutes
-from tests.support import FrozenClock
+from tests.support import FrozenClock, stat_hours_drift
 
 
 def percentile_cont(values: Sequence[float], p: float) -> float:
@@ -113,6 +113,7 @@ def test_stats_and_list_summary_agree_with_the_attempts_history(
     assert total["delivery_rate"] == 0.6
 
     # stats == list --summary == delivery_attempts == dispatch_runs
+    assert stat_hours_drift(store.engine) == {}
     counts = summary["counts"]
     assert total["sent"] == counts["sent"] == history["sent"] == sum(r["sent"] for r in runs) == 3
     assert total["failed"] == counts["failed"] == history["failed"] == 1
