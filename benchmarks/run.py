@@ -641,10 +641,37 @@ def fig_stats(ctx: Context, stores: Stores) -> list[Result]:
                     ctx.log(f"  {stores.dialect} {what} {label} rep {rep + 1}: {timed.wall:.2f} s")
                 results.append(result)
         results.append(explain_result)
+        results.append(_prune_history(ctx, stores.dialect, built["outside"]))
     finally:
         for store in built.values():
             stores.drop(store)
     return results
+
+
+def _prune_history(ctx: Context, dialect: str, store: Store) -> Result:
+    """``prune --older-than 1d`` of the whole history before the window (last: it empties
+    the store); judged by the longest write transaction prune reports."""
+    n = ctx.sizes.stats_outside
+    result = Result(
+        "stats",
+        f"prune of {n} finished: longest write batch",
+        dialect,
+        "s",
+        Target("median<=", 0.2),
+    )
+    args = [ctx.python, "-m", "notifyctl", "prune", "--older-than", "1d", "--json"]
+    env = base_env(NOTIFYCTL_DATABASE_URL=store.url)
+    timed = run_timed(args, env=env, cwd=ctx.workdir, timeout=3600).check("prune")
+    report = json.loads(timed.stdout)
+    if report["notifications"] != n:
+        raise BenchmarkError(f"prune deleted {report['notifications']} of {n} reminders")
+    result.notifyctl.append(report["longest_batch_seconds"])
+    result.details.update(report, wall_seconds=timed.wall)
+    ctx.log(
+        f"  {dialect} prune: {n} reminders in {timed.wall:.1f} s, {report['batches']} batches, "
+        f"longest {report['longest_batch_seconds']:.3f} s"
+    )
+    return result
 
 
 # --- figure 5: memory -------------------------------------------------------------------

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from sqlalchemy import Connection, event, func, select
 
+from notifyctl import prune as prune_module
 from notifyctl import queries
 from notifyctl.db import Store
 from notifyctl.models import Booking, DeliveryAttempt, DispatchRun, Notification
@@ -241,6 +242,49 @@ def test_prune_never_holds_a_lock_a_dispatch_would_wait_for(
     assert booking_ids(store) == kept
 
 
+class Ticking:
+    """A monotonic clock that a write batch moves by ``per_booking`` s for each booking."""
+
+    def __init__(self, per_booking: float) -> None:
+        self.now = 0.0
+        self.per_booking = per_booking
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_prune_sizes_its_batches_to_hold_the_lock_about_a_tenth_of_a_second(
+    store: Store, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t0 = clock()
+    for n in range(400):
+        book(store, f"b{n}", t0 + minutes(10), t0 + minutes(70))
+    cancel(store, [f"b{n}" for n in range(400)])
+    clock.advance(days=40)
+    ticking = Ticking(per_booking=0.004)  # a slow machine: 100 bookings take 0.4 s
+    sizes: list[int] = []
+    delete_bookings = queries.delete_bookings
+
+    def timed_delete(conn: Connection, ids: Any) -> tuple[int, int, int]:
+        sizes.append(len(ids))
+        ticking.now += len(ids) * ticking.per_booking
+        return delete_bookings(conn, ids)
+
+    monkeypatch.setattr(queries, "delete_bookings", timed_delete)
+    pauses: list[float] = []
+
+    result = prune(store, THIRTY_DAYS, dry_run=False, monotonic=ticking, sleep=pauses.append)
+
+    assert result.bookings == 400
+    # 100 first (0.4 s), then halving until a batch takes 0.1 s: 25 bookings
+    assert sizes[:4] == [100, 50, 25, 25]
+    assert set(sizes[3:-1]) == {25}
+    assert result.longest_batch_seconds == pytest.approx(0.4)
+    assert result.batches == len(sizes) + 1  # and one for the runs
+    sqlite = store.engine.dialect.name == "sqlite"
+    assert pauses == ([prune_module.SQLITE_PAUSE] * (result.batches - 1) if sqlite else [])
+
+
 def test_prune_and_dispatch_run_at_the_same_time(
     store: Store, clock: FrozenClock, database_url: str
 ) -> None:
@@ -289,6 +333,8 @@ def test_prune_command_reports_what_it_deleted_and_is_quiet_when_nothing_is_left
         "notifications": 3,
         "attempts": 2,
         "runs": 2,
+        "batches": 0,  # a dry run writes nothing
+        "longest_batch_seconds": 0.0,
     }
     assert table_counts(store)["bookings"] == 4
 

@@ -6,8 +6,14 @@ stats read from them must equal the stats read row by row.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,12 +21,13 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, func, insert, select, update
 
 from notifyctl import queries, stats
-from notifyctl.db import Store
+from notifyctl.db import Store, make_engine
 from notifyctl.models import Booking, LatenessHour, Notification, StatHour, Status
 from notifyctl.prune import prune
 from notifyctl.runs import has_work
 from notifyctl.service import cancel, create_booking
 from notifyctl.service import summary as list_summary
+from tests.conftest import _admin, _pg_url
 from tests.fakes.telegram import FakeTelegram, chat_not_found, error
 from tests.ops_support import TOKEN, dispatch, minutes
 from tests.support import FrozenClock, stat_hours_drift
@@ -246,3 +253,53 @@ def test_a_cancel_leaves_counts_to_fold_and_the_next_dispatch_folds_them(
         assert not has_work(conn, t0)
         (row,) = conn.execute(select(StatHour.event, StatHour.count, StatHour.folded)).all()
     assert tuple(row) == ("cancelled", 1, True)
+
+
+def readme_move_script() -> str:
+    """The Python of the README's "Moving from SQLite to PostgreSQL", as a user pastes it."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Moving from SQLite to PostgreSQL", 1)[1]
+    script = section.split("<<'EOF'\n", 1)[1].split("\n   EOF", 1)[0]
+    return textwrap.dedent(script)
+
+
+def test_the_readme_move_to_postgresql_keeps_stats_exact(
+    tmp_path: Path, sqlite_template: Path, pg_template: str, clock: FrozenClock
+) -> None:
+    source_url = f"sqlite:///{tmp_path / 'old.db'}"
+    shutil.copy(sqlite_template, tmp_path / "old.db")
+    source = Store(make_engine(source_url, create_file=False), clock)
+    t0 = clock()
+    for n, to in enumerate(["console:a", "console:b", "console:c"]):
+        create_booking(
+            source, f"b{n}", starts_at=t0 + minutes(10), ends_at=t0 + minutes(70), to=[to],
+            remind=["at_start", "before_end"],
+        )  # fmt: skip
+    cancel(source, ["b2"])
+    clock.set(t0 + minutes(11))
+    dispatch(source, clock, source_url)
+    before = stats.stats(source, timedelta(hours=24))
+    source.close()
+
+    name = f"notifyctl_t_{uuid.uuid4().hex[:10]}"
+    _admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    target_url = _pg_url(name)
+    try:
+        moved = subprocess.run(
+            [sys.executable, "-", source_url, target_url],
+            input=readme_move_script(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert moved.returncode == 0, moved.stderr
+        target = Store(make_engine(target_url, create_file=False), clock)
+        try:
+            assert stat_hours_drift(target.engine) == {}
+            after = stats.stats(target, timedelta(hours=24))
+        finally:
+            target.close()
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    assert (after.groups, after.total) == (before.groups, before.total)
+    assert (before.total.sent, before.total.cancelled) == (2, 2)
