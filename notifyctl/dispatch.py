@@ -45,7 +45,7 @@ from .message import build_message, load_templates
 from .models import Reason, Status
 from .pacing import Allowance, Pacer, Patiently
 from .queries import BookingRow
-from .routes import alternatives, has_next, route_text
+from .routes import Address, alternatives, has_next, route_text
 from .runs import Action, DispatchOptions, RunReport
 
 __all__ = ["DispatchOptions", "Dispatcher", "RunReport"]
@@ -127,7 +127,9 @@ class BatchBookings:
     its pacing slot, so the send stays on its slot) the claim's booking is taken
     from a copy at most ``FRESH`` seconds old, read in one query for the whole
     batch and only for the claims this run still holds. One query per 50 ms
-    instead of one per message keeps a fast provider's throughput.
+    instead of one per message keeps a fast provider's throughput. A claim whose
+    recipient was suppressed meanwhile (another run was told it is gone) counts
+    as no longer held: it is given back, and the writer moves it along its chain.
     """
 
     def __init__(
@@ -135,10 +137,12 @@ class BatchBookings:
         store: Store,
         token: str,
         bookings: dict[int, BookingRow],  # claim id → booking, as of the claim
+        addresses: dict[int, Address],  # claim id → where it goes
         monotonic: Callable[[], float],
     ) -> None:
         self._store = store
         self._token = token
+        self._addresses = addresses
         self.claimed = bookings
         self._current: dict[int, BookingRow | None] = dict(bookings)
         self._monotonic = monotonic
@@ -156,7 +160,9 @@ class BatchBookings:
 
     def _read(self) -> dict[int, BookingRow]:
         with self._store.reader() as conn:
-            return queries.held_bookings(conn, self._token, list(self._current))
+            held = queries.held_bookings(conn, self._token, list(self._current))
+            gone = health.suppressed_among(conn, [(self._addresses[i],) for i in held])
+        return {i: booking for i, booking in held.items() if self._addresses[i] not in gone}
 
 
 class Dispatcher:
@@ -381,7 +387,11 @@ class Dispatcher:
             self._record([_superseded(c) for c in claims if c.id in superseded], report)
             claims = [c for c in claims if c.id not in superseded]
         batch = BatchBookings(
-            self.store, token, {r.id: bookings[r.booking_id] for r in rows}, self.monotonic
+            self.store,
+            token,
+            {r.id: bookings[r.booking_id] for r in rows},
+            {r.id: (r.channel, r.recipient) for r in rows},
+            self.monotonic,
         )
         self._send_batch(pool, flight, claims, batch, report)
         return True

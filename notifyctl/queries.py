@@ -146,26 +146,6 @@ class ListedReminder(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class GroupCount:
-    """A count per (channel, kind), and per status where the query groups by it."""
-
-    channel: str
-    kind: str
-    count: int
-    status: str | None = None
-
-
-class Lateness(NamedTuple):
-    """p50, p95 and max lateness in seconds (channel and kind None over everything)."""
-
-    channel: str | None
-    kind: str | None
-    p50: float | None
-    p95: float | None
-    max: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class RunRow:
     """A dispatch run as stored, its counters by ``runs.Action`` name."""
 

@@ -27,7 +27,15 @@ from notifyctl.db import make_engine
 from notifyctl.dispatch import Dispatcher, DispatchOptions
 from notifyctl.errors import DatabaseError
 from notifyctl.message import render_for
-from notifyctl.models import Booking, DeliveryAttempt, DispatchRun, Notification, Reason, Status
+from notifyctl.models import (
+    Booking,
+    DeliveryAttempt,
+    DispatchRun,
+    Notification,
+    Reason,
+    RecipientState,
+    Status,
+)
 from notifyctl.pacing import Pacer, SharedSlots
 from notifyctl.service import Store, cancel, create_booking, reconcile
 from tests.fakes.telegram import FakeTelegram, error, migrated
@@ -607,6 +615,34 @@ def test_a_reschedule_between_claim_and_send_is_read_before_the_text_is_rendered
     assert [m.text for m in tg.messages] == [tg.messages[0].text]  # only b1 went out
     moved = reminder(store, booking="b2")
     assert (moved["status"], moved["due_at"]) == (Status.PENDING, later - timedelta(hours=1))
+
+
+def test_a_recipient_suppressed_between_claim_and_send_is_not_sent_to(
+    store: Store, clock: FrozenClock, tg: FakeTelegram
+) -> None:
+    remind(store, "b1", "12345")
+    remind(store, "b2", "12345|console:desk")  # the same chat: its turn comes a second later
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the pacing wait before b2's turn
+        if not waits:  # another host's run was told the chat is gone meanwhile
+            with store.transaction() as conn:
+                queries.set_recipient_state(
+                    conn, "telegram", "12345", RecipientState.SUPPRESSED, clock(),
+                    Reason.RECIPIENT_GONE, "Forbidden: bot was blocked by the user",
+                )  # fmt: skip
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    run = dispatcher(store, clock, tg.api_url, concurrency=1)
+    run.sleep = sleep
+    run._pacer = Pacer(store, run.options.rate_limit, sleep, run._patiently)
+    run.run()
+
+    assert [m.text for m in tg.messages] == [tg.messages[0].text]  # only b1 went to the chat
+    moved = reminder(store, booking="b2")
+    assert (moved["channel"], moved["recipient"]) == ("console", "desk")
+    assert moved["status"] in (Status.PENDING, Status.SENT)
 
 
 def test_a_send_deadline_never_outlasts_the_lease(store: Store) -> None:
