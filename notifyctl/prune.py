@@ -110,10 +110,10 @@ class Batches:
     def transaction(self) -> Iterator[Connection]:
         if self.count and self._pause:
             self._sleep(self._pause)
-        began = self._monotonic()
         with self._store.transaction() as conn:
+            began = self._monotonic()  # the locks are held from here (SQLite: BEGIN IMMEDIATE)
             yield conn
-        took = self._monotonic() - began
+        took = self._monotonic() - began  # to the end of the commit
         self.count += 1
         self.longest = max(self.longest, took)
         if not self._fixed:
