@@ -147,6 +147,8 @@ class Stats:
     total: GroupStats
     queue: QueueState
     runs: tuple[RunInfo, ...]
+    # lateness ranked one by one; False: from the hourly buckets (3 significant digits)
+    lateness_exact: bool = True
 
     @property
     def last_success_at(self) -> datetime | None:
@@ -163,6 +165,7 @@ class Stats:
                 "since": self.since,
                 "until": self.now,
                 "seconds": (self.now - self.since).total_seconds(),
+                "lateness_exact": self.lateness_exact,
             },
             "by_channel_kind": [g.as_dict() for g in self.groups],
             "total": self.total.as_dict(),
@@ -230,8 +233,8 @@ def stats(store: Store, since: timedelta) -> Stats:
             entry = group(row.channel, row.kind)
             field = _EVENT_FIELD[row.event]
             entry[field] = entry.get(field, 0) + int(row.number)
-        sent = sum(c.get("sent", 0) for c in counts.values())
-        late = _lateness(conn, start, exact=sent <= EXACT_LATENESS_LIMIT)
+        exact = sum(c.get("sent", 0) for c in counts.values()) <= EXACT_LATENESS_LIMIT
+        late = _lateness(conn, start, exact=exact)
         queue = _queue_state(conn, now)
         runs = tuple(RunInfo.from_row(r) for r in queries.recent_runs(conn, RECENT_RUNS))
     for key, figures in late.items():
@@ -250,7 +253,7 @@ def stats(store: Store, since: timedelta) -> Stats:
         fallbacks=sum(g.fallbacks for g in groups),
         **late.get(None, {}),
     )
-    return Stats(now, start, groups, total, queue, runs)
+    return Stats(now, start, groups, total, queue, runs, lateness_exact=exact)
 
 
 Weighted = dict[float, int]  # value → how many reminders had it

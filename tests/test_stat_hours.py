@@ -213,6 +213,7 @@ def test_beyond_the_exact_limit_lateness_comes_from_the_hourly_counts(
     assert counted.total.lateness_p50 == pytest.approx(percentile_cont(values, 0.5), abs=1e-3)
     assert counted.total.lateness_p95 == pytest.approx(percentile_cont(values, 0.95), abs=1e-3)
     assert counted.total.lateness_max == pytest.approx(max(values), abs=1e-3)
+    assert (exact.lateness_exact, counted.lateness_exact) == (True, False)
     for field in ("lateness_p50", "lateness_p95", "lateness_max"):
         assert getattr(counted.total, field) == pytest.approx(getattr(exact.total, field), rel=5e-3)
 
