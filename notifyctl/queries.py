@@ -1415,6 +1415,16 @@ def _event_of_reminder() -> ColumnElement[str]:
     return case((superseded, literal(SUPERSEDED)), else_=N.status)
 
 
+def _whole_hours(
+    conn: Connection, table: type[StatHour] | type[LatenessHour], key: Any, whole: datetime
+) -> list[Any]:
+    """(channel, kind, key, sum) of the hourly rows from ``whole`` on; sums of 0 left out."""
+    counted = func.sum(table.count)
+    columns = (table.channel, table.kind, key)
+    stmt = select(*columns, counted).where(table.hour >= whole).group_by(*columns)
+    return list(conn.execute(stmt.having(counted != 0)))
+
+
 def stat_events(conn: Connection, since: datetime) -> list[EventCount]:
     """Reminders finished and attempts retried or fallen back at or after ``since``.
 
@@ -1423,15 +1433,7 @@ def stat_events(conn: Connection, since: datetime) -> list[EventCount]:
     the same index ranges the counts replaced.
     """
     whole = ceil_hour(since)
-    counted = func.sum(S.count)
-    rows: list[Any] = list(
-        conn.execute(
-            select(S.channel, S.kind, S.event, counted)
-            .where(S.hour >= whole)
-            .group_by(S.channel, S.kind, S.event)
-            .having(counted != 0)
-        )
-    )
+    rows = _whole_hours(conn, S, S.event, whole)
     if since < whole:
         event = _event_of_reminder()
         rows += conn.execute(
@@ -1468,15 +1470,7 @@ def lateness_seconds(conn: Connection, since: datetime) -> list[tuple[str, str, 
 def lateness_counts(conn: Connection, since: datetime) -> list[LateCount]:
     """Reminders sent since ``since`` per channel, kind and lateness bucket (ms)."""
     whole = ceil_hour(since)
-    counted = func.sum(L.count)
-    rows: list[Any] = list(
-        conn.execute(
-            select(L.channel, L.kind, L.lateness_ms, counted)
-            .where(L.hour >= whole)
-            .group_by(L.channel, L.kind, L.lateness_ms)
-            .having(counted != 0)
-        )
-    )
+    rows = _whole_hours(conn, L, L.lateness_ms, whole)
     if since < whole:
         table = N.__tablename__
         bucket: ColumnElement[int] = literal_column(
@@ -1512,37 +1506,35 @@ _STAT_TABLES = (
 )
 
 
-def fold_stat_hours(conn: Connection) -> int:
+def fold_stat_hours(conn: Connection) -> None:
     """Sum each hour that received rows since the last fold into one row per key.
 
-    Rows are taken by ``DELETE … RETURNING`` and their sums written back in the
-    same transaction, so a concurrent fold (PostgreSQL) can never count a row
-    twice: each row is deleted by one transaction only. Keys summing to 0 vanish.
+    In the database, never through Python (a run appends thousands of rows).
+    PostgreSQL: one statement deletes the hours' rows and inserts the sums of
+    what it deleted, so a row another transaction commits meanwhile is summed
+    or left for the next fold, never lost; an advisory lock keeps two folds
+    from waiting on each other's rows. SQLite has one writer at a time: the
+    rows up to the largest id are summed, then deleted. Keys summing to 0 vanish.
     """
-    if conn.dialect.name == "postgresql" and not conn.scalar(
-        select(func.pg_try_advisory_xact_lock(FOLD_LOCK))
-    ):
-        return 0  # another run is folding: two would only wait on each other's rows
-    folded = 0
+    postgresql = conn.dialect.name == "postgresql"
+    if postgresql and not conn.scalar(select(func.pg_try_advisory_xact_lock(FOLD_LOCK))):
+        return  # another run is folding right now
     for table, key in _STAT_TABLES:
-        touched = select(table.hour).where(text(f"NOT {table.__tablename__}.folded")).distinct()
-        taken = conn.execute(
-            delete(table).where(table.hour.in_(touched)).returning(*key, table.count)
-        ).all()
-        sums: dict[tuple[Any, ...], int] = {}
-        for *values, count in taken:
-            sums[tuple(values)] = sums.get(tuple(values), 0) + count
-        rows = [
-            dict(
-                zip(("hour", "channel", "kind", key[-1].key), k, strict=True), count=n, folded=True
-            )
-            for k, n in sums.items()
-            if n
-        ]
-        if rows:
-            conn.execute(insert(table), rows)
-        folded += len(taken)
-    return folded
+        name, keys = table.__tablename__, ", ".join(c.key for c in key)
+        # the hours with rows appended since the last fold (ix_*_unfolded)
+        touched = f"hour IN (SELECT hour FROM {name} WHERE NOT folded)"
+        sums = (
+            f"SELECT {keys}, sum(count), true FROM {{rows}} GROUP BY {keys} HAVING sum(count) <> 0"
+        )
+        into = f"INSERT INTO {name} ({keys}, count, folded) "
+        if postgresql:
+            gone = f"WITH gone AS (DELETE FROM {name} WHERE {touched} RETURNING {keys}, count) "
+            conn.execute(text(gone + into + sums.format(rows="gone")))
+            continue
+        last = conn.scalar(select(func.max(table.id)))
+        mine = f"{touched} AND id <= :last"
+        conn.execute(text(into + sums.format(rows=f"{name} WHERE {mine}")), {"last": last})
+        conn.execute(text(f"DELETE FROM {name} WHERE {mine}"), {"last": last})
 
 
 def rebuild_stat_hours(conn: Connection) -> None:

@@ -592,18 +592,16 @@ def test_reminders_rearmed_together_mid_run_send_only_the_latest(
     assert reminder(store, "hour_before")["status"] == Status.SENT
 
 
-def test_a_reschedule_between_claim_and_send_is_read_before_the_text_is_rendered(
-    store: Store, clock: FrozenClock, tg: FakeTelegram
+def run_with_first_pacing_wait(
+    store: Store, clock: FrozenClock, tg: FakeTelegram, meanwhile: Callable[[], None]
 ) -> None:
-    remind(store, "b1", "12345")
-    remind(store, "b2", "12345")  # the same chat: its turn comes a second later
-    later = clock() + timedelta(hours=3)
+    """One run (a send at a time) that calls ``meanwhile`` in its first pacing wait: the
+    second message to a chat waits for its turn after a claim that included it."""
     waits: list[float] = []
 
-    def sleep(seconds: float) -> None:  # the pacing wait before b2's turn
+    def sleep(seconds: float) -> None:
         if not waits:
-            move = {"starts_at": later, "ends_at": later + timedelta(hours=1)}
-            create_booking(store, "b2", to=["12345"], remind=["hour_before"], **move)
+            meanwhile()
         waits.append(seconds)
         clock.advance(seconds)
 
@@ -611,6 +609,21 @@ def test_a_reschedule_between_claim_and_send_is_read_before_the_text_is_rendered
     run.sleep = sleep
     run._pacer = Pacer(store, run.options.rate_limit, sleep, run._patiently)
     run.run()
+    assert waits, "no pacing wait: the meanwhile change never happened"
+
+
+def test_a_reschedule_between_claim_and_send_is_read_before_the_text_is_rendered(
+    store: Store, clock: FrozenClock, tg: FakeTelegram
+) -> None:
+    remind(store, "b1", "12345")
+    remind(store, "b2", "12345")  # the same chat: its turn comes a second later
+    later = clock() + timedelta(hours=3)
+
+    def reschedule() -> None:
+        move = {"starts_at": later, "ends_at": later + timedelta(hours=1)}
+        create_booking(store, "b2", to=["12345"], remind=["hour_before"], **move)
+
+    run_with_first_pacing_wait(store, clock, tg, reschedule)
 
     assert [m.text for m in tg.messages] == [tg.messages[0].text]  # only b1 went out
     moved = reminder(store, booking="b2")
@@ -622,22 +635,15 @@ def test_a_recipient_suppressed_between_claim_and_send_is_not_sent_to(
 ) -> None:
     remind(store, "b1", "12345")
     remind(store, "b2", "12345|console:desk")  # the same chat: its turn comes a second later
-    waits: list[float] = []
 
-    def sleep(seconds: float) -> None:  # the pacing wait before b2's turn
-        if not waits:  # another host's run was told the chat is gone meanwhile
-            with store.transaction() as conn:
-                queries.set_recipient_state(
-                    conn, "telegram", "12345", RecipientState.SUPPRESSED, clock(),
-                    Reason.RECIPIENT_GONE, "Forbidden: bot was blocked by the user",
-                )  # fmt: skip
-        waits.append(seconds)
-        clock.advance(seconds)
+    def suppress() -> None:  # another host's run was told the chat is gone meanwhile
+        with store.transaction() as conn:
+            queries.set_recipient_state(
+                conn, "telegram", "12345", RecipientState.SUPPRESSED, clock(),
+                Reason.RECIPIENT_GONE, "Forbidden: bot was blocked by the user",
+            )  # fmt: skip
 
-    run = dispatcher(store, clock, tg.api_url, concurrency=1)
-    run.sleep = sleep
-    run._pacer = Pacer(store, run.options.rate_limit, sleep, run._patiently)
-    run.run()
+    run_with_first_pacing_wait(store, clock, tg, suppress)
 
     assert [m.text for m in tg.messages] == [tg.messages[0].text]  # only b1 went to the chat
     moved = reminder(store, booking="b2")

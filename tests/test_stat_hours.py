@@ -31,6 +31,7 @@ from tests.conftest import _admin, _pg_url
 from tests.fakes.telegram import FakeTelegram, chat_not_found, error
 from tests.ops_support import TOKEN, dispatch, minutes
 from tests.support import FrozenClock, stat_hours_drift
+from tests.test_ops_stats import percentile_cont
 
 
 def quantized(ms: int) -> int:
@@ -41,14 +42,6 @@ def quantized(ms: int) -> int:
         step *= 10
     rounded = (size + step // 2) // step * step
     return rounded if ms >= 0 else -rounded
-
-
-def percentile_cont(values: Sequence[float], p: float) -> float:
-    ordered = sorted(values)
-    position = p * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
 
 
 def unfolded(store: Store) -> int:
