@@ -1337,7 +1337,7 @@ def prune(
 ) -> None:
     """Delete finished bookings (with their reminders and attempts) and old dispatch runs.
 
-    Works in short transactions of about 0.1 s each, so a dispatch running at the
+    Works in short transactions of well under 0.2 s each, so a dispatch running at the
     same time barely waits; --json also reports how many and the longest.
     """
     from .prune import parse_age

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .db import Store
 
 #: a write batch aims at this long: on SQLite every other writer waits for it
-BATCH_SECONDS = 0.1
+BATCH_SECONDS = 0.07
 #: bookings in the first batch, and the bounds the size adapts within
 FIRST_BATCH, MIN_BATCH, MAX_BATCH = 100, 10, 5000
 #: SQLite: the pause after a write batch, so that writers polling in SQLite's busy
