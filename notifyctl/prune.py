@@ -146,7 +146,8 @@ def prune(
     totals = {"bookings": 0, "notifications": 0, "attempts": 0, "runs": 0}
     after: tuple[datetime, int] | None = None
     while True:
-        size = batches.size
+        # a dry run only reads: no lock to keep short, so large pages unless told
+        size = MAX_BATCH if dry_run and batch_size is None else batches.size
         if dry_run:
             with store.reader() as conn:
                 rows = queries.bookings_ended_before(conn, cutoff, after, size)

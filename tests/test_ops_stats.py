@@ -1,4 +1,4 @@
-"""``stats``: outcomes per channel and kind, lateness percentiles in SQL, queue, recent runs."""
+"""``stats``: outcomes per channel and kind, lateness percentiles, queue, recent runs."""
 
 from __future__ import annotations
 
