@@ -74,6 +74,10 @@ STALE_TEXT_S = 60.0  # relative words rendered this long before delivery are fal
 EARLY_TOLERANCE_S = 1.0
 # a request that reached the fake this soon after not_after left before it (loopback + parse)
 NOT_AFTER_TOLERANCE_S = 0.5
+# a request that left before the fault may reach the provider (through the namespace's
+# relay) a moment after it: the provider's clock stamps its arrival, not its departure;
+# a cut host's later sends cannot arrive before it is healed (a lease and more later)
+IN_FLIGHT_TOLERANCE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -669,7 +673,8 @@ class Run:
             extra = len(group) - 1
             r.duplicates += extra
             in_flight = booking_id in uncertain or any(
-                d["label"] in self.faulted and d["t"] <= self.faulted[d["label"]]
+                d["label"] in self.faulted
+                and d["t"] <= self.faulted[d["label"]] + IN_FLIGHT_TOLERANCE_S
                 for d in group[:-1]
             )
             first = group[0]["t"]
