@@ -536,3 +536,18 @@ def test_email_still_goes_out_within_the_deadline(cli: Cli) -> None:
         ok(create(cli, "b1", "email:ann@example.org", "email:bob@example.org", **env))
         ok(cli("dispatch", **env))
         assert len(smtp.messages) == 2
+
+
+def test_the_deadline_watchdog_keeps_only_the_sends_under_way() -> None:
+    """A fast run sends thousands of messages within one deadline's length: the watchdog
+    must not hold every one of them until its deadline passes (RSS grew with the rate)."""
+    from notifyctl.channels import netguard
+
+    watchdog = netguard._WATCHDOG
+    with netguard.Deadline(300) as under_way:
+        for _ in range(5000):
+            with netguard.Deadline(300):
+                pass
+        held = [entry[2] for entry in watchdog._heap]
+        assert len(held) <= 2 * 1 + 64 + 1
+        assert under_way in held  # the send still under way keeps its deadline

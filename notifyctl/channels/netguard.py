@@ -192,6 +192,11 @@ class Deadline:
         self._lock = threading.Lock()
         self._active = False
 
+    @property
+    def active(self) -> bool:
+        """Inside its ``with`` block: the send it guards is under way."""
+        return self._active
+
     def left(self) -> float:
         return max(self.expires_at - time.monotonic(), 0.0)
 
@@ -229,6 +234,7 @@ class Deadline:
             self._active = False
             self._sockets = []
         _local.deadline = None
+        _WATCHDOG.disarm()
 
     def message(self) -> str:
         return f"no complete answer within the send deadline ({self.seconds:g} s)"
@@ -267,9 +273,11 @@ class _Watchdog:
         self._counter = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._live = 0  # armed and not yet over
 
     def arm(self, deadline: Deadline) -> None:
         with self._cond:
+            self._live += 1
             heapq.heappush(self._heap, (deadline.expires_at, next(self._counter), deadline))
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -278,6 +286,16 @@ class _Watchdog:
                 self._thread.start()
             if self._heap[0][2] is deadline:  # only an earlier deadline needs the thread awake
                 self._cond.notify()
+
+    def disarm(self) -> None:
+        """A send is over. Its entry stays until its deadline (no search per send), but
+        once most entries are over the heap is rebuilt from the live ones: a fast run
+        would otherwise hold every send of the last deadline's length (thousands)."""
+        with self._cond:
+            self._live -= 1
+            if len(self._heap) > 2 * self._live + 64:
+                self._heap = [entry for entry in self._heap if entry[2].active]
+                heapq.heapify(self._heap)
 
     def _run(self) -> None:
         while True:
