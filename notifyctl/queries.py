@@ -1410,11 +1410,6 @@ def event_sql(row: str) -> str:
     return f"(CASE WHEN {superseded} THEN '{SUPERSEDED}' ELSE {row}.status END)"
 
 
-def _event_of_reminder() -> ColumnElement[str]:
-    superseded = and_(N.status == Status.EXPIRED, N.reason == Reason.SUPERSEDED)
-    return case((superseded, literal(SUPERSEDED)), else_=N.status)
-
-
 def _whole_hours(
     conn: Connection, table: type[StatHour] | type[LatenessHour], key: Any, whole: datetime
 ) -> list[Any]:
@@ -1435,7 +1430,7 @@ def stat_events(conn: Connection, since: datetime) -> list[EventCount]:
     whole = ceil_hour(since)
     rows = _whole_hours(conn, S, S.event, whole)
     if since < whole:
-        event = _event_of_reminder()
+        event: ColumnElement[str] = literal_column(event_sql(N.__tablename__))
         rows += conn.execute(
             select(N.channel, N.kind, event, func.count())
             .where(N.updated_at >= since, N.updated_at < whole, N.status.in_(FINAL_STATUSES))
@@ -1490,7 +1485,7 @@ def count_by_status(conn: Connection) -> dict[str, int]:
     finished = conn.execute(
         select(S.event, counted).where(S.event.in_([*FINAL_STATUSES, SUPERSEDED])).group_by(S.event)
     )
-    counts = {Status(s).value: 0 for s in FINAL_STATUSES}
+    counts = {s.value: 0 for s in FINAL_STATUSES}
     for event, count in finished:
         status = Status.EXPIRED.value if event == SUPERSEDED else event
         counts[status] += int(count)
