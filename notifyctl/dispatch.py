@@ -176,7 +176,7 @@ class Dispatcher:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
-        http_session: Any = None,
+        http_client: Any = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -188,7 +188,7 @@ class Dispatcher:
         # a send must end well inside its lease, or a rescuer may send it again meanwhile
         deadline = min(settings.send_deadline, self.options.lease_seconds / 4)
         self.context = ChannelContext(
-            settings=settings, stdout=stdout, http_session=http_session, send_deadline=deadline
+            settings=settings, stdout=stdout, http_client=http_client, send_deadline=deadline
         )
         self._channels: dict[str, Channel] = {}  # per sender: channel, or telegram:<bot>
         self._disabled: dict[str, str] = {}  # sender → why this run cannot send on it

@@ -24,7 +24,7 @@ from notifyctl.dispatch import Dispatcher, DispatchOptions, RunReport
 from notifyctl.models import DeliveryAttempt, Notification, Pacing, Status
 from notifyctl.pacing import SharedSlots
 from notifyctl.service import Store, booking_input, create_booking, create_bookings
-from tests.fakes.telegram import FakeTelegram, migrated, too_many_requests
+from tests.fakes.telegram import FakeTelegram, error, migrated, too_many_requests
 from tests.support import Cli, FrozenClock, clean_env, dispatchers, finish
 
 TOKEN = "123456789:AAH-default_Bot_SECRET_a1"
@@ -297,15 +297,17 @@ def test_same_chat_under_two_bots_is_two_recipients_and_migration_keeps_the_bot(
 
 
 def test_every_bots_token_is_redacted_in_output_logs_and_stored_errors(
-    cli: Cli, store: Store, clock: FrozenClock
+    cli: Cli, store: Store, clock: FrozenClock, tg: FakeTelegram
 ) -> None:
     clock.set(datetime.now(UTC))
     remind(store, "b1", "12345", "telegram:studio2/12345")
-    api_url = f"http://127.0.0.1:{closed_port()}"  # errors print the URL, token in its path
+    # a broken gateway in front of the API echoes the request line, token in its path
+    echo = error(502, f"Bad Gateway: POST /bot{TOKEN}/sendMessage, /bot{TOKEN2}/sendMessage")
+    tg.script("12345", echo, echo)
     env = {
         "TELEGRAM_BOT_TOKEN": TOKEN,
         "TELEGRAM_BOT_TOKEN_STUDIO2": TOKEN2,
-        "TELEGRAM_API_URL": api_url,
+        "TELEGRAM_API_URL": tg.api_url,
     }
 
     result = cli("dispatch", "-v", "--json", **env)

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from notifyctl.channels import parse_recipient
 from notifyctl.channels import webhook as wh
 from notifyctl.channels.base import ChannelContext, Delivery, Message, SendResult
+from notifyctl.channels.netguard import JsonClient
 from notifyctl.config import Settings
 from notifyctl.errors import InvalidInput
 from tests.fakes.http_receiver import Answer, HttpReceiver, closed_port
@@ -418,25 +418,28 @@ def test_url_credentials_and_path_tokens_never_appear_in_errors(receiver: HttpRe
             assert secret not in result.error, result.error
 
 
-def test_a_shared_session_is_never_used_for_end_user_urls(receiver: HttpReceiver) -> None:
-    # a shared session would skip the address check and read proxies and .netrc
-    session = requests.Session()
-    seen: list[int] = []
-    session.hooks["response"].append(lambda r, *a, **k: seen.append(r.status_code))
+def test_a_shared_client_is_never_used_for_end_user_urls(receiver: HttpReceiver) -> None:
+    # the Bot API client would skip the address check and use the operator's proxy
+    seen: list[str] = []
+
+    class Recording(JsonClient):
+        def post_json(self, url: str, body: dict[str, Any], **kw: float) -> tuple[int, bytes]:
+            seen.append(url)
+            return super().post_json(url, body, **kw)
+
     context = ChannelContext(
         settings=Settings(database_url="sqlite://", webhook_allow="127.0.0.1"),
         stdout=io.StringIO(),
-        http_session=session,
+        http_client=Recording(),
     )
-    try:
+    with context.http_client as client:
         ch = wh.open_channel(context)
         assert ch.send(make_message(receiver.url())).delivery is Delivery.SENT
         ch.close()
         assert seen == []
         # still usable after the channel closed
-        assert session.post(receiver.url(), data=b"{}", timeout=5).status_code == 200
-    finally:
-        session.close()
+        status, _ = client.post_json(receiver.url(), {}, connect_timeout=5, read_timeout=5)
+        assert status == 200
 
 
 # --- pure helpers ---------------------------------------------------------------------

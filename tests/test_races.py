@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import pytest
-import requests
 from sqlalchemy import select, update
 
 from notifyctl import db as notifyctl_db
 from notifyctl import queries
 from notifyctl.channels.base import SendResult
+from notifyctl.channels.netguard import JsonClient
 from notifyctl.config import Settings
 from notifyctl.db import make_engine
 from notifyctl.dispatch import Dispatcher, DispatchOptions
@@ -56,35 +56,31 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
-class AfterSession(requests.Session):
-    """A requests.Session that runs ``after`` once the answer is in, before the run records it.
+class AfterClient(JsonClient):
+    """The Bot API client, running ``after`` once the answer is in, before the run records it.
 
     Whatever ``after`` commits, commits while the send is in flight. Every one
-    made is closed when its test ends (the run does not own a session it is given).
+    made is closed when its test ends (the run does not own a client it is given).
     """
 
-    made: ClassVar[list[AfterSession]] = []
+    made: ClassVar[list[AfterClient]] = []
 
     def __init__(self, after: Callable[[], object]) -> None:
         super().__init__()
         self.after = after
-        AfterSession.made.append(self)
+        AfterClient.made.append(self)
 
-    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
-        response = super().request(method, url, *args, **kwargs)
-        try:
-            self.after()
-        except BaseException:  # e.g. Ctrl-C: the answer is never read, let its socket go
-            response.close()
-            raise
-        return response
+    def post_json(self, url: str, body: dict[str, Any], **timeouts: float) -> tuple[int, bytes]:
+        answer = super().post_json(url, body, **timeouts)
+        self.after()
+        return answer
 
 
 @pytest.fixture(autouse=True)
-def _close_sessions() -> Iterator[None]:
+def _close_clients() -> Iterator[None]:
     yield
-    while AfterSession.made:
-        AfterSession.made.pop().close()
+    while AfterClient.made:
+        AfterClient.made.pop().close()
 
 
 def move_booking(store: Store, start: datetime, chat: str = "12345", **kw: Any) -> Any:
@@ -113,9 +109,9 @@ def test_reschedule_during_a_send_rearms_the_reminder_for_its_new_time(
         tg.script("12345", error(500, "Internal Server Error"))
     later = start + timedelta(days=7)
     results: list[Any] = []
-    session = AfterSession(lambda: results.append(move_booking(store, later)))
+    client = AfterClient(lambda: results.append(move_booking(store, later)))
 
-    report = dispatcher(store, clock, tg.api_url, http_session=session).run()
+    report = dispatcher(store, clock, tg.api_url, http_client=client).run()
 
     assert [r.action for r in results] == ["rescheduled"]
     assert report.lease_lost == 1  # the in-flight outcome lost to the newer schedule
@@ -137,9 +133,9 @@ def test_cancel_during_a_send_stays_cancelled_and_is_never_retried(
 ) -> None:
     remind(store, "b1", "12345")
     tg.script("12345", error(500, "Internal Server Error"))
-    session = AfterSession(lambda: cancel(store, ["b1"]))
+    client = AfterClient(lambda: cancel(store, ["b1"]))
 
-    dispatcher(store, clock, tg.api_url, http_session=session).run()
+    dispatcher(store, clock, tg.api_url, http_client=client).run()
     clock.advance(3600)
     dispatcher(store, clock, tg.api_url).run()
 
@@ -173,8 +169,8 @@ def test_text_is_rendered_after_the_pacing_wait(
 ) -> None:
     remind(store, "b1", "12345", starts_in=timedelta(minutes=46))  # hour_before is due
     sent_at: list[datetime] = []
-    session = AfterSession(lambda: sent_at.append(clock()))
-    run = dispatcher(store, clock, tg.api_url, http_session=session, max_seconds=120)
+    client = AfterClient(lambda: sent_at.append(clock()))
+    run = dispatcher(store, clock, tg.api_url, http_client=client, max_seconds=120)
     key = run._channel("telegram").pacing_key
     with store.transaction() as conn:  # another host's 429 paused the bot for 90 s
         queries.ensure_pacing_row(conn, key, clock())
@@ -208,9 +204,9 @@ def test_a_reminder_sent_after_midnight_never_says_tomorrow_about_today(
         )
 
     sent_at: list[datetime] = []
-    session = AfterSession(lambda: sent_at.append(clock()))
+    client = AfterClient(lambda: sent_at.append(clock()))
     # one sender thread: the frozen clock moves only by this run's own pacing waits
-    run = dispatcher(store, clock, tg.api_url, http_session=session, concurrency=1, max_seconds=120)
+    run = dispatcher(store, clock, tg.api_url, http_client=client, concurrency=1, max_seconds=120)
     run.run()
 
     texts = [m.text for m in tg.sent()]
@@ -267,8 +263,8 @@ def test_record_waits_out_a_writer_that_holds_sqlite_past_its_busy_timeout(
         if len(waits) == 5:
             blocker.execute("COMMIT")
 
-    session = AfterSession(lambda: blocker.execute("BEGIN IMMEDIATE"))
-    run = dispatcher(store, clock, tg.api_url, http_session=session)
+    client = AfterClient(lambda: blocker.execute("BEGIN IMMEDIATE"))
+    run = dispatcher(store, clock, tg.api_url, http_client=client)
     run.sleep = sleep
 
     report = run.run()
@@ -437,7 +433,7 @@ def test_ctrl_c_is_recorded_as_exit_130(store: Store, clock: FrozenClock, tg: Fa
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        dispatcher(store, clock, tg.api_url, http_session=AfterSession(interrupt)).run()
+        dispatcher(store, clock, tg.api_url, http_client=AfterClient(interrupt)).run()
 
     with store.reader() as conn:
         [exit_code] = conn.scalars(select(DispatchRun.exit_code)).all()
@@ -583,7 +579,7 @@ def test_reminders_rearmed_together_mid_run_send_only_the_latest(
         if not moved:  # the in-flight reschedule re-arms both kinds, both due at once
             moved.append(move_booking(store, start + timedelta(minutes=10), remind=kinds))
 
-    run = dispatcher(store, clock, tg.api_url, http_session=AfterSession(reschedule_once))
+    run = dispatcher(store, clock, tg.api_url, http_client=AfterClient(reschedule_once))
     run.run()
 
     assert [m.text.split(" starts ")[0] for m in tg.messages] == ['Reminder: "b1"'] * 2

@@ -295,6 +295,28 @@ def test_webhooks_ignore_netrc_and_environment_proxies(cli: Cli, tmp_path: Path)
     assert [r["status"] for r in rows(cli)] == ["sent"]
 
 
+@sqlite_only
+def test_telegram_goes_through_the_operators_proxy_unless_no_proxy_exempts_it(cli: Cli) -> None:
+    api_url = f"http://127.0.0.1:{closed_port()}"  # nobody there: reachable through the proxy only
+    with HttpReceiver() as proxy:  # answers {"ok": true} as the Bot API would
+        env = {
+            "TELEGRAM_BOT_TOKEN": TOKEN,
+            "TELEGRAM_API_URL": api_url,
+            "HTTP_PROXY": proxy.url(""),
+            "NO_PROXY": "",
+        }
+        ok(create(cli, "b1", "12345"))
+        ok(cli("dispatch", **env))
+        [request] = proxy.requests
+        assert request.path == f"{api_url}/bot{TOKEN}/sendMessage"  # a forward proxy's request
+        assert request.json()["chat_id"] == "12345"
+
+        ok(create(cli, "b2", "12345"))
+        ok(cli("dispatch", **{**env, "NO_PROXY": "127.0.0.1"}))
+        assert len(proxy.requests) == 1  # straight to the API URL, where nobody listens
+    assert sorted(r["status"] for r in rows(cli)) == ["pending", "sent"]
+
+
 # --- Apprise: allowed services, no parameters that read, fetch or re-time ---------------------
 
 

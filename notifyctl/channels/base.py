@@ -130,9 +130,9 @@ class ChannelContext:
     stdout: TextIO
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
-    # a requests.Session to share (Telegram; tests inject their own). Webhooks
+    # a netguard.JsonClient to share (Telegram; tests inject their own). Webhooks
     # never use it: their session checks addresses and ignores the environment.
-    http_session: Any = None
+    http_client: Any = None
     send_deadline: float = 0.0
 
     def __post_init__(self) -> None:

@@ -21,9 +21,12 @@ costs nothing on an idle run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import ipaddress
 import itertools
+import json
+import os
 import socket
 import threading
 import time
@@ -340,8 +343,39 @@ def _adapter_class() -> Any:
     if _ADAPTER is not None:
         return _ADAPTER
     from requests.adapters import HTTPAdapter
-    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class GuardedAdapter(HTTPAdapter):
+        def __init__(self, policy: AddressPolicy | None) -> None:
+            self._policy = policy
+            super().__init__()
+
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = guarded_pool_classes(self._policy)
+
+    _ADAPTER = GuardedAdapter
+    return _ADAPTER
+
+
+def guarded_pool_classes(policy: AddressPolicy | None) -> dict[str, Any]:
+    """urllib3 connection pools whose connections check ``policy`` (when given) and
+    register their sockets with the current ``Deadline``, by scheme."""
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    plain, tls = _guarded_connection_classes()
+
+    class HTTPPool(HTTPConnectionPool):
+        ConnectionCls = type("HTTPConnection", (plain,), {"policy": policy})
+
+    class HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = type("HTTPSConnection", (tls,), {"policy": policy})
+
+    return {"http": HTTPPool, "https": HTTPSPool}
+
+
+@functools.cache
+def _guarded_connection_classes() -> tuple[type, type]:
+    from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.exceptions import NewConnectionError
     from urllib3.util import connection as util_connection
 
@@ -408,25 +442,7 @@ def _adapter_class() -> Any:
     class GuardedHTTPSConnection(GuardedMixin, HTTPSConnection):
         pass
 
-    class GuardedAdapter(HTTPAdapter):
-        def __init__(self, policy: AddressPolicy | None) -> None:
-            self._policy = policy
-            super().__init__()
-
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            super().init_poolmanager(*args, **kwargs)
-            policy = self._policy
-
-            class HTTPPool(HTTPConnectionPool):
-                ConnectionCls = type("Conn", (GuardedHTTPConnection,), {"policy": policy})
-
-            class HTTPSPool(HTTPSConnectionPool):
-                ConnectionCls = type("Conn", (GuardedHTTPSConnection,), {"policy": policy})
-
-            self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
-
-    _ADAPTER = GuardedAdapter
-    return _ADAPTER
+    return GuardedHTTPConnection, GuardedHTTPSConnection
 
 
 _ADAPTER: Any = None
@@ -458,18 +474,135 @@ def read_bounded(response: requests.Response, limit: int = MAX_BODY) -> bytes:
     import requests
     from urllib3.exceptions import HTTPError, ReadTimeoutError
 
-    raw = response.raw
-    chunks: list[bytes] = []
-    size = 0
     try:
-        while size < limit:
-            chunk = raw.read(min(8192, limit - size), decode_content=True)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        return _read_upto(response.raw, limit)[0]
     except ReadTimeoutError as e:
         raise requests.ReadTimeout(f"no answer in time: {e}") from e
     except (HTTPError, OSError) as e:
         raise requests.ConnectionError(f"Connection aborted while reading the answer: {e}") from e
-    return b"".join(chunks)
+
+
+def _read_upto(raw: Any, limit: int) -> tuple[bytes, bool]:
+    """(at most ``limit`` decoded bytes of a urllib3 answer, whether it ended there)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = raw.read(min(8192, limit - size), decode_content=True)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
+
+
+class HttpFailure(Exception):
+    """No usable answer. ``kind`` names the failure as requests does (ConnectionError,
+    ConnectTimeout, ReadTimeout, SSLError, ProxyError), so stored errors read the same
+    whichever channel sent; ``uncertain`` when the request may have been acted on."""
+
+    def __init__(self, kind: str, detail: object, *, uncertain: bool) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.uncertain = uncertain
+
+
+def _failure(error: Exception) -> HttpFailure:
+    """A urllib3 (or socket) error of a request made without retries, classified."""
+    from urllib3 import exceptions as x
+
+    if isinstance(error, x.NewConnectionError):  # before its base, ConnectTimeoutError
+        return HttpFailure("ConnectionError", error, uncertain=False)
+    if isinstance(error, x.ConnectTimeoutError):
+        return HttpFailure("ConnectTimeout", error, uncertain=False)
+    if isinstance(error, x.ReadTimeoutError | TimeoutError):
+        return HttpFailure("ReadTimeout", error, uncertain=True)  # the request went out
+    if isinstance(error, x.ProtocolError):  # "Connection aborted": broke after sending
+        return HttpFailure("ConnectionError", error, uncertain=True)
+    if isinstance(error, x.ProxyError | x.SSLError):
+        return HttpFailure(type(error).__name__, error, uncertain=False)
+    return HttpFailure("ConnectionError", error, uncertain=False)
+
+
+class JsonClient:
+    """POSTs a JSON body and reads a bounded answer, on urllib3 directly.
+
+    The Telegram channel sends through it: a requests.Session costs about twice
+    the CPU per send (request preparation, hooks, settings merged per call),
+    which against a fast provider is dispatch's largest cost per reminder. What
+    requests gave is kept: connections kept alive and shared by threads, the
+    current ``Deadline`` watching every socket, no redirects followed, the
+    operator's proxy and CA bundle (certifi's by default). Nothing is retried
+    here: a retry is the run's decision.
+    """
+
+    def __init__(
+        self,
+        *,
+        proxy: str | None = None,
+        ca_bundle: str | None = None,
+        policy: AddressPolicy | None = None,
+        pool_size: int = 16,
+    ) -> None:
+        import urllib3
+
+        options: dict[str, Any] = {"maxsize": pool_size, "retries": False}
+        if ca_bundle and os.path.isdir(ca_bundle):
+            options["ca_cert_dir"] = ca_bundle
+        else:
+            import certifi
+
+            options["ca_certs"] = ca_bundle or certifi.where()
+        self._manager: Any = (
+            urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+        )
+        self._manager.pool_classes_by_scheme = guarded_pool_classes(policy)
+        self._timeout = urllib3.Timeout
+
+    def post_json(
+        self, url: str, body: dict[str, Any], *, connect_timeout: float, read_timeout: float
+    ) -> tuple[int, bytes]:
+        """(status, at most ``MAX_BODY`` bytes of the answer); ``HttpFailure`` otherwise."""
+        from urllib3.exceptions import HTTPError, ReadTimeoutError
+
+        data = json.dumps(body, allow_nan=False).encode()
+        try:
+            response = self._manager.request(
+                "POST",
+                url,
+                body=data,
+                headers=_JSON_HEADERS,
+                timeout=self._timeout(connect=connect_timeout, read=read_timeout),
+                redirect=False,
+                retries=False,
+                preload_content=False,
+            )
+        except (HTTPError, OSError) as e:
+            raise _failure(e) from e
+        complete = False
+        try:
+            content, complete = _read_upto(response, MAX_BODY)
+        except (HTTPError, OSError) as e:  # the request went out: uncertain either way
+            if isinstance(e, ReadTimeoutError | TimeoutError):
+                raise HttpFailure("ReadTimeout", f"no answer in time: {e}", uncertain=True) from e
+            raise HttpFailure(
+                "ConnectionError",
+                f"Connection aborted while reading the answer: {e}",
+                uncertain=True,
+            ) from e
+        finally:
+            if not complete:  # unread bytes would corrupt the connection's next answer
+                response.close()
+            response.release_conn()
+        return response.status, content
+
+    def close(self) -> None:
+        self._manager.clear()
+
+    def __enter__(self) -> JsonClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_JSON_HEADERS = {"Content-Type": "application/json", "User-Agent": "notifyctl"}

@@ -1,4 +1,4 @@
-"""Telegram Bot API over requests: sendMessage in HTML parse mode.
+"""Telegram Bot API: sendMessage in HTML parse mode (urllib3, ``netguard.JsonClient``).
 
 The token lives in the URL path, so every error text that leaves this module
 goes through the redactor, and urllib3's debug log gets a redacting filter.
@@ -14,16 +14,13 @@ import logging
 import math
 import re
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import Settings, redact
 from ..errors import ConfigError
 from . import netguard
 from .base import ChannelContext, Delivery, Message, SendResult, TextFormat
-
-if TYPE_CHECKING:
-    import requests
 
 MAX_TEXT_LENGTH = 4096
 _CHAT_ID = re.compile(r"-?[1-9]\d{0,15}")
@@ -168,8 +165,8 @@ class TelegramChannel:
         self._connect_timeout = context.connect_timeout
         self._read_timeout = context.read_timeout
         self._deadline = context.send_deadline
-        self._own_session = context.http_session is None
-        self._session: requests.Session = context.http_session or _session_for(self._url)
+        self._own_client = context.http_client is None
+        self._client: netguard.JsonClient = context.http_client or _client_for(self._url)
 
     def send(self, message: Message) -> SendResult:
         bot, chat, thread = parse_address(message.recipient)
@@ -207,45 +204,31 @@ class TelegramChannel:
 
     def _call(self, url: str, body: dict[str, Any], chat: str) -> SendResult:
         """One Bot API call within the send deadline, its answer as an outcome class."""
-        import requests
-
         with netguard.Deadline(self._deadline) as deadline:
-            timeout = (
-                deadline.timeout(self._connect_timeout),
-                deadline.timeout(self._read_timeout),
-            )
             try:
-                response = self._session.post(
-                    url, json=body, timeout=timeout, allow_redirects=False, stream=True
+                status, content = self._client.post_json(
+                    url,
+                    body,
+                    connect_timeout=deadline.timeout(self._connect_timeout),
+                    read_timeout=deadline.timeout(self._read_timeout),
                 )
-                try:
-                    content = netguard.read_bounded(response)
-                finally:
-                    response.close()
-            except requests.RequestException as e:
+            except netguard.HttpFailure as e:
                 if deadline.expired:
                     # abandoned at the deadline: once sent, the message may have arrived
                     return SendResult.retry(deadline.message(), uncertain=deadline.request_started)
-                if isinstance(e, requests.ConnectTimeout):
-                    return SendResult.retry(_describe(e))
-                if isinstance(e, requests.ConnectionError):
-                    # refused, reset, DNS; "aborted" means it broke after sending
-                    return SendResult.retry(_describe(e), uncertain="aborted" in str(e))
-                if isinstance(e, requests.Timeout):
-                    # the request went out: the message may have been delivered
-                    return SendResult.retry(_describe(e), uncertain=True)
-                return SendResult.retry(_describe(e))
-        if 300 <= response.status_code < 400:
+                # refused, reset, DNS: not sent; a read timeout or "aborted": maybe sent
+                return SendResult.retry(redact(str(e))[:500], uncertain=e.uncertain)
+        if 300 <= status < 400:
             return SendResult.failed(
-                f"HTTP {response.status_code}: the Bot API answered with a redirect, "
+                f"HTTP {status}: the Bot API answered with a redirect, "
                 "which is not followed (check TELEGRAM_API_URL)",
-                response.status_code,
+                status,
             )
-        return classify_response(response.status_code, _json_or_none(content), chat_id=chat)
+        return classify_response(status, _json_or_none(content), chat_id=chat)
 
     def close(self) -> None:
-        if self._own_session:
-            self._session.close()
+        if self._own_client:
+            self._client.close()
 
 
 _TAG = re.compile(r"<[^>]*>")
@@ -258,27 +241,20 @@ def shown_text(text: str, text_format: TextFormat) -> str:
     return html.unescape(_TAG.sub("", text)) if text_format == "html" else text
 
 
-def _session_for(url: str) -> requests.Session:
-    """A Session that reads the environment (proxies, CA bundle) once, not per request.
+def _client_for(url: str) -> netguard.JsonClient:
+    """The Bot API client, with the environment's proxy and CA bundle read once.
 
-    requests otherwise looks up proxies, ~/.netrc and the CA bundle path again on
-    every send; a burst of reminders pays that thousands of times.
+    The operator's own proxy variables (HTTPS_PROXY, NO_PROXY, ...) apply to the
+    operator's own API URL; ``.netrc`` never does.
     """
     import os
 
-    import requests
+    from requests.utils import get_environ_proxies, select_proxy
 
-    # the operator's own proxies apply to the operator's own API URL; .netrc never does
-    session = netguard.http_session(None, trust_env=False)
-    session.proxies.update(requests.utils.get_environ_proxies(url))
-    session.verify = (
-        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    return netguard.JsonClient(
+        proxy=select_proxy(url, get_environ_proxies(url)),
+        ca_bundle=os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"),
     )
-    return session
-
-
-def _describe(error: Exception) -> str:
-    return redact(f"{type(error).__name__}: {error}")[:500]
 
 
 def _json_or_none(content: bytes) -> dict[str, Any] | None:
