@@ -2,4 +2,5 @@ from __future__ import annotations
 
 from .cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned worker imports the main module again
+    raise SystemExit(main())

@@ -30,13 +30,14 @@ except ImportError:  # pragma: no cover - older typer on real click
 from .config import (
     DEFAULT_TELEGRAM_API_URL,
     Settings,
+    configure_logging,
     default_database_url,
     load_dotenv_file,
     redact,
     redact_url,
     url_passwords,
 )
-from .errors import ConfigError, ExitCode, InvalidInput, NotifyctlError
+from .errors import ConfigError, ExitCode, InvalidInput, NotifyctlError, RunFailed
 from .render import Output, inert, render_csv, render_json, render_json_rows, render_table
 from .times import utcnow, zone_name
 
@@ -227,13 +228,13 @@ def run_guarded(call: Any, *, debug: bool) -> int:
         return e.exit_code
     except typer.Abort:
         _error("aborted")
-        return 130
+        return ExitCode.INTERRUPTED
     except NotifyctlError as e:
         _error(e.message, e.details)
         return int(e.exit_code)
     except KeyboardInterrupt:
         _error("interrupted")
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         return _reader_gone()
     except SystemExit as e:  # click turns a closed pipe into a silent exit 1
@@ -801,7 +802,15 @@ def dispatch(
             "and send it on its second; then exit.",
         ),
     ] = 58.0,
-    concurrency: Annotated[int, _env_option("CONCURRENCY", "Sends in parallel.")] = 8,
+    concurrency: Annotated[int, _env_option("CONCURRENCY", "Sends in parallel, per worker.")] = 8,
+    workers: Annotated[
+        int,
+        _env_option(
+            "WORKERS",
+            "Processes that claim and send side by side, sharing the rate limits: one "
+            "process uses one CPU core, so a large backlog goes out faster with more.",
+        ),
+    ] = 1,
     lease_seconds: Annotated[
         float, _env_option("LEASE_SECONDS", "A crashed run's claims are rescued after this.")
     ] = 300.0,
@@ -885,6 +894,7 @@ def dispatch(
         rate_limit=rate_limit,
         dry_run=dry_run,
         wait=not no_wait,
+        workers=workers,
     ).validate()
     settings = _settings(
         database_url,
@@ -892,7 +902,7 @@ def dispatch(
         telegram_token=telegram_token,
         telegram_api_url=telegram_api_url,
     )
-    _configure_logging(verbose)
+    configure_logging(verbose)
     output = _output()
     if ping_url:
         pings.check_ping_url(ping_url)
@@ -911,8 +921,10 @@ def dispatch(
         output.line(render_json(report.as_dict()))
     elif not report.idle:
         output.line(report.summary_line())
+    if report.exit_code == ExitCode.INTERRUPTED:
+        raise KeyboardInterrupt
     if report.error:
-        raise ConfigError(report.error)
+        raise RunFailed(report.error, report.exit_code or ExitCode.CONFIG)
 
 
 def _dispatch_under(
@@ -986,29 +998,14 @@ def _run_dispatch(
     """The dispatch engine, loaded only when there is work (an idle run stays cheap)."""
     from .dispatch import Dispatcher
 
-    return Dispatcher(store, settings, options, stdout=output.stdout).run()
+    def run_here() -> RunReport:
+        return Dispatcher(store, settings, options, stdout=output.stdout).run()
 
+    if options.workers == 1:
+        return run_here()
+    from .workers import run_with_helpers
 
-def _configure_logging(verbose: bool) -> None:
-    import logging
-
-    class CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
-        """Writes to whatever ``sys.stderr`` is now (in-process runs swap it per call)."""
-
-        @property
-        def stream(self) -> TextIO:
-            return sys.stderr
-
-        @stream.setter
-        def stream(self, _value: TextIO) -> None:
-            pass
-
-    logger = logging.getLogger("notifyctl")
-    if not logger.handlers:
-        handler = CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    return run_with_helpers(settings, options, run_here)
 
 
 # --- recipients -------------------------------------------------------------------------

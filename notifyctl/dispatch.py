@@ -52,7 +52,6 @@ __all__ = ["DispatchOptions", "Dispatcher", "RunReport"]
 
 log = logging.getLogger("notifyctl.dispatch")
 
-INTERRUPTED = 130  # what a shell reports for Ctrl-C
 T = TypeVar("T")
 
 
@@ -245,7 +244,7 @@ class Dispatcher:
         except ConfigError as e:
             report.exit_code, report.error = e.exit_code, e.message
         except KeyboardInterrupt:
-            report.exit_code = INTERRUPTED
+            report.exit_code = ExitCode.INTERRUPTED
             raise
         except BaseException as e:  # recorded as a failed run, then handled by the caller
             report.exit_code = getattr(e, "exit_code", ExitCode.INTERNAL)

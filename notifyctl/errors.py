@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     CONFIG = 3
     DATABASE = 4
+    INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
 
 class NotifyctlError(Exception):
@@ -52,6 +53,14 @@ class DatabaseError(NotifyctlError):
 
 class SchemaNotCurrent(DatabaseError):
     """The database exists but needs ``notifyctl migrate``."""
+
+
+class RunFailed(NotifyctlError):
+    """A dispatch run ended with an error its report carries, with that report's exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = ExitCode(exit_code)
 
 
 class CheckFailed(NotifyctlError):

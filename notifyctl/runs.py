@@ -40,6 +40,7 @@ class DispatchOptions:
     rate_limit: float = 25.0
     dry_run: bool = False
     wait: bool = True  # wait within the budget for what falls due (SPEC §13)
+    workers: int = 1  # processes claiming and sending side by side (notifyctl.workers)
 
     @property
     def wait_horizon(self) -> timedelta:
@@ -57,6 +58,7 @@ class DispatchOptions:
             (1 <= self.max_attempts <= 1000, "--max-attempts must be 1-1000"),
             (0 < self.backoff_base <= BACKOFF_CAP, "--backoff-base must be 0-3600 seconds"),
             (0 < self.rate_limit <= 10_000, "--rate-limit must be > 0"),
+            (1 <= self.workers <= 64, "--workers must be 1-64"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,0 +1,159 @@
+"""``dispatch --workers N``: one command, N processes claiming and sending side by side.
+
+Real processes (the command as cron runs it) against the fake Bot API; the
+merge of the workers' reports is also checked as the pure function it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from notifyctl.models import DispatchRun, Notification, Status
+from notifyctl.runs import RunReport
+from notifyctl.service import Store, booking_input, create_bookings
+from notifyctl.workers import merged
+from tests.fakes.telegram import FakeTelegram, hang
+from tests.support import REPO, Cli, FrozenClock, clean_env
+
+TOKEN = "135792468:AAF-workers_SECRET_token_w1"
+
+
+def due_reminders(store: Store, clock: FrozenClock, count: int, *, chat: int = 7000) -> None:
+    """``count`` reminders due now, one chat each."""
+    now = datetime.now(UTC)
+    clock.set(now)
+    create_bookings(
+        store,
+        [
+            booking_input(
+                f"b{i}",
+                starts_at=now + timedelta(minutes=30),
+                ends_at=now + timedelta(minutes=90),
+                to=[f"telegram:{chat + i}"],
+                remind=["hour_before"],
+                now=now,
+            )
+            for i in range(count)
+        ],
+    )
+
+
+def dispatch(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "notifyctl", "dispatch", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def runs(store: Store) -> list[Any]:
+    with store.reader() as conn:
+        return list(conn.execute(select(DispatchRun).order_by(DispatchRun.id)))
+
+
+def statuses(store: Store) -> set[str]:
+    with store.reader() as conn:
+        return set(conn.scalars(select(Notification.status)))
+
+
+def test_workers_send_every_reminder_once_under_the_shared_rate_limit(
+    database_url: str, store: Store, clock: FrozenClock
+) -> None:
+    due_reminders(store, clock, 90)
+    with FakeTelegram(token=TOKEN, rate_limit=30) as tg:
+        env = clean_env(
+            database_url,
+            NOTIFYCTL_NO_WAIT="1",
+            TELEGRAM_BOT_TOKEN=TOKEN,
+            TELEGRAM_API_URL=tg.api_url,
+        )
+        proc = dispatch(env, "--workers", "3", "--batch-size", "5", "--rate-limit", "25", "--json")
+        out, err = proc.communicate(timeout=60)
+        sent = tg.sent()
+        count_429 = tg.count_429
+
+    assert proc.returncode == 0, err
+    assert err == ""
+    report = json.loads(out)
+    assert (report["claimed"], report["sent"], report["exit_code"]) == (90, 90, 0)
+    assert sorted(int(m.chat_id) for m in sent) == list(range(7000, 7090))  # each once
+    assert count_429 == 0  # three processes, one bot's budget
+    rows = runs(store)
+    assert len(rows) == 3  # the command and its two helpers, each a run of its own
+    assert len({r.pid for r in rows}) == 3
+    assert sum(r.sent for r in rows) == 90
+    assert all(r.exit_code == 0 and r.finished_at is not None for r in rows)
+    assert statuses(store) == {Status.SENT}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_interrupted_command_stops_its_workers_and_exits_130(
+    database_url: str, store: Store, clock: FrozenClock
+) -> None:
+    due_reminders(store, clock, 20)
+    with FakeTelegram(token=TOKEN) as tg:
+        tg.fail_all(hang(30))  # every send is in flight until the send deadline
+        env = clean_env(
+            database_url,
+            NOTIFYCTL_NO_WAIT="1",
+            NOTIFYCTL_SEND_DEADLINE="2",
+            TELEGRAM_BOT_TOKEN=TOKEN,
+            TELEGRAM_API_URL=tg.api_url,
+        )
+        proc = dispatch(env, "--workers", "2", "--batch-size", "2", "--concurrency", "1")
+        try:
+            tg.wait_for(2, timeout=30)  # the command and its helper each have a send out
+            os.kill(proc.pid, signal.SIGINT)  # kill -INT: the command alone, not its group
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+    assert (proc.returncode, out, err.strip()) == (130, "", "")  # as one process: no traceback
+    rows = runs(store)
+    assert len(rows) == 2
+    assert all(r.finished_at is not None and r.exit_code == 130 for r in rows)
+    with store.reader() as conn:
+        claimed = conn.scalar(select(func.count()).where(Notification.status == Status.SENDING))
+    assert (claimed or 0) <= 4  # each run's batch of 2, the rest untouched
+
+
+def test_workers_must_be_1_to_64(cli: Cli, store: Store, clock: FrozenClock) -> None:
+    due_reminders(store, clock, 1)
+    for bad in ("0", "65"):
+        result = cli("dispatch", "--workers", bad)
+
+        assert result.exit_code == 2
+        assert result.stderr.strip() == "error: --workers must be 1-64"
+    assert runs(store) == []
+    assert statuses(store) == {Status.PENDING}
+
+
+def test_reports_merge_into_one_with_the_first_failure_and_each_error_once() -> None:
+    here = RunReport(run_id=7, claimed=5, sent=4, retried=1, duration_seconds=2.0)
+    here.by_channel = {"telegram": {"sent": 4, "retried": 1}}
+    missing = "TELEGRAM_BOT_TOKEN_STUDIO is not set"
+    helper = RunReport(claimed=3, sent=3, exit_code=3, error=missing, duration_seconds=3.5)
+    helper.by_channel = {"telegram": {"sent": 2}, "email": {"sent": 1}}
+    other = RunReport(exit_code=4, error=missing)
+
+    report = merged(here, [helper, other, RunReport(error="database is locked", exit_code=4)])
+
+    assert (report.run_id, report.claimed, report.sent, report.retried) == (7, 8, 7, 1)
+    assert report.by_channel == {"telegram": {"sent": 6, "retried": 1}, "email": {"sent": 1}}
+    assert report.exit_code == 3
+    assert report.error == f"{missing}; database is locked"
+    assert report.duration_seconds == 3.5
