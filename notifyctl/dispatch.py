@@ -187,7 +187,11 @@ class Dispatcher:
         # a send must end well inside its lease, or a rescuer may send it again meanwhile
         deadline = min(settings.send_deadline, self.options.lease_seconds / 4)
         self.context = ChannelContext(
-            settings=settings, stdout=stdout, http_client=http_client, send_deadline=deadline
+            settings=settings,
+            stdout=stdout,
+            http_client=http_client,
+            send_deadline=deadline,
+            concurrency=self.options.concurrency,
         )
         self._channels: dict[str, Channel] = {}  # per sender: channel, or telegram:<bot>
         self._disabled: dict[str, str] = {}  # sender → why this run cannot send on it

@@ -113,6 +113,29 @@ def dispatchers(
             proc.communicate()
 
 
+def due_now(store: Any, clock: FrozenClock, recipients: list[str]) -> None:
+    """One booking per recipient (``b0``, ``b1``, ...) whose hour_before reminder is due
+    now by the real clock, which processes started by a test read."""
+    from notifyctl.service import booking_input, create_bookings
+
+    now = datetime.now(UTC)
+    clock.set(now)
+    create_bookings(
+        store,
+        [
+            booking_input(
+                f"b{i}",
+                starts_at=now + timedelta(minutes=30),
+                ends_at=now + timedelta(minutes=90),
+                to=[to],
+                remind=["hour_before"],
+                now=now,
+            )
+            for i, to in enumerate(recipients)
+        ],
+    )
+
+
 def finish(procs: list[subprocess.Popen[str]], timeout: float = 50) -> list[dict[str, Any]]:
     """Wait for every process; each must exit 0, quietly, with a JSON summary on stdout."""
     reports = []

@@ -23,9 +23,9 @@ from notifyctl.config import Settings, telegram_bots_from
 from notifyctl.dispatch import Dispatcher, DispatchOptions, RunReport
 from notifyctl.models import DeliveryAttempt, Notification, Pacing, Status
 from notifyctl.pacing import SharedSlots
-from notifyctl.service import Store, booking_input, create_booking, create_bookings
+from notifyctl.service import Store, create_booking
 from tests.fakes.telegram import FakeTelegram, error, migrated, too_many_requests
-from tests.support import Cli, FrozenClock, clean_env, dispatchers, finish
+from tests.support import Cli, FrozenClock, clean_env, dispatchers, due_now, finish
 
 TOKEN = "123456789:AAH-default_Bot_SECRET_a1"
 TOKEN2 = "987654321:BBQ-studio2_Bot_SECRET_b2"
@@ -358,22 +358,16 @@ def test_two_bots_deliver_twice_one_bots_rate_across_four_processes(
     database_url: str, store: Store, clock: FrozenClock
 ) -> None:
     """Rate limits are per token: two bots are two budgets, shared by every dispatcher."""
-    now = datetime.now(UTC)
-    clock.set(now)
     per_bot = 100
-    inputs = [
-        booking_input(
-            f"b{bot}{i}",
-            starts_at=now + timedelta(minutes=30),
-            ends_at=now + timedelta(minutes=90),
-            to=[f"telegram:{'studio2/' if bot else ''}{7000 + i}"],
-            remind=["hour_before"],
-            now=now,
-        )
-        for bot in (0, 1)
-        for i in range(per_bot)
-    ]
-    create_bookings(store, inputs)
+    due_now(
+        store,
+        clock,
+        [
+            f"telegram:{'studio2/' if bot else ''}{7000 + i}"
+            for bot in (0, 1)
+            for i in range(per_bot)
+        ],
+    )
     with FakeTelegram(token=TOKEN, tokens=[TOKEN2], rate_limit=30) as tg:
         env = clean_env(
             database_url,

@@ -1084,6 +1084,23 @@ def test_cli_invalid_options_exit_2(
     assert dispatch_runs(store) == []
 
 
+def test_every_concurrent_send_keeps_its_connection(
+    store: Store, clock: FrozenClock, tg: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    # more sends in flight than urllib3's default 10 connections per host: each one
+    # dropped on return was a warning on stderr (cron mails it) and a new TCP handshake
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    chats = [str(7000 + i) for i in range(12)]
+    for i, chat in enumerate(chats):
+        remind(store, f"b{i}", chat)
+        tg.script(chat, hang(1.0))  # all twelve are out at once
+
+    report = run(store, clock, tg, concurrency=12, rate_limit=10_000)
+
+    assert report.sent == 12
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")] == []
+
+
 # --- secrets -------------------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,32 +18,17 @@ from sqlalchemy import func, select
 
 from notifyctl.models import DispatchRun, Notification, Status
 from notifyctl.runs import RunReport
-from notifyctl.service import Store, booking_input, create_bookings
+from notifyctl.service import Store
 from notifyctl.workers import merged
 from tests.fakes.telegram import FakeTelegram, hang
-from tests.support import REPO, Cli, FrozenClock, clean_env
+from tests.support import REPO, Cli, FrozenClock, clean_env, due_now
 
 TOKEN = "135792468:AAF-workers_SECRET_token_w1"
 
 
-def due_reminders(store: Store, clock: FrozenClock, count: int, *, chat: int = 7000) -> None:
-    """``count`` reminders due now, one chat each."""
-    now = datetime.now(UTC)
-    clock.set(now)
-    create_bookings(
-        store,
-        [
-            booking_input(
-                f"b{i}",
-                starts_at=now + timedelta(minutes=30),
-                ends_at=now + timedelta(minutes=90),
-                to=[f"telegram:{chat + i}"],
-                remind=["hour_before"],
-                now=now,
-            )
-            for i in range(count)
-        ],
-    )
+def due_reminders(store: Store, clock: FrozenClock, count: int) -> None:
+    """``count`` reminders due now, one chat each (7000, 7001, ...)."""
+    due_now(store, clock, [f"telegram:{7000 + i}" for i in range(count)])
 
 
 def dispatch(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

@@ -134,6 +134,8 @@ class ChannelContext:
     # never use it: their session checks addresses and ignores the environment.
     http_client: Any = None
     send_deadline: float = 0.0
+    #: sends in flight at once (``dispatch --concurrency``): connections a channel keeps open
+    concurrency: int = 10
 
     def __post_init__(self) -> None:
         if self.send_deadline <= 0:

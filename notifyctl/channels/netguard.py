@@ -320,18 +320,21 @@ _WATCHDOG = _Watchdog()
 # --- HTTP ------------------------------------------------------------------------------
 
 
-def http_session(policy: AddressPolicy | None, *, trust_env: bool) -> requests.Session:
+def http_session(
+    policy: AddressPolicy | None, *, trust_env: bool, pool_size: int = 10
+) -> requests.Session:
     """A requests session whose connections honour the current ``Deadline``.
 
     With a ``policy``, every connection checks the addresses it connects to
     (see ``AddressPolicy.resolve``). ``trust_env=False`` ignores ``.netrc``
-    and the environment's proxies.
+    and the environment's proxies. ``pool_size``: connections kept per host
+    (the sends in flight at once; more are opened, then dropped with a warning).
     """
     import requests
 
     session = requests.Session()
     session.trust_env = trust_env
-    adapter = _adapter_class()(policy)
+    adapter = _adapter_class()(policy, pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -345,9 +348,9 @@ def _adapter_class() -> Any:
     from requests.adapters import HTTPAdapter
 
     class GuardedAdapter(HTTPAdapter):
-        def __init__(self, policy: AddressPolicy | None) -> None:
+        def __init__(self, policy: AddressPolicy | None, pool_size: int) -> None:
             self._policy = policy
-            super().__init__()
+            super().__init__(pool_maxsize=pool_size)
 
         def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             super().init_poolmanager(*args, **kwargs)
@@ -541,7 +544,7 @@ class JsonClient:
         proxy: str | None = None,
         ca_bundle: str | None = None,
         policy: AddressPolicy | None = None,
-        pool_size: int = 16,
+        pool_size: int = 10,
     ) -> None:
         import urllib3
 

@@ -166,7 +166,9 @@ class TelegramChannel:
         self._read_timeout = context.read_timeout
         self._deadline = context.send_deadline
         self._own_client = context.http_client is None
-        self._client: netguard.JsonClient = context.http_client or _client_for(self._url)
+        self._client: netguard.JsonClient = context.http_client or _client_for(
+            self._url, context.concurrency
+        )
 
     def send(self, message: Message) -> SendResult:
         bot, chat, thread = parse_address(message.recipient)
@@ -241,7 +243,7 @@ def shown_text(text: str, text_format: TextFormat) -> str:
     return html.unescape(_TAG.sub("", text)) if text_format == "html" else text
 
 
-def _client_for(url: str) -> netguard.JsonClient:
+def _client_for(url: str, pool_size: int) -> netguard.JsonClient:
     """The Bot API client, with the environment's proxy and CA bundle read once.
 
     The operator's own proxy variables (HTTPS_PROXY, NO_PROXY, ...) apply to the
@@ -254,6 +256,7 @@ def _client_for(url: str) -> netguard.JsonClient:
     return netguard.JsonClient(
         proxy=select_proxy(url, get_environ_proxies(url)),
         ca_bundle=os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"),
+        pool_size=pool_size,
     )
 
 

@@ -195,7 +195,9 @@ class WebhookChannel:
         # never a shared session: this one checks every address it connects
         # to and ignores proxies and .netrc from the environment
         policy = allow_policy(context.settings.webhook_allow)
-        self._session: requests.Session = netguard.http_session(policy, trust_env=False)
+        self._session: requests.Session = netguard.http_session(
+            policy, trust_env=False, pool_size=context.concurrency
+        )
 
     def send(self, message: Message) -> SendResult:
         url = message.recipient
