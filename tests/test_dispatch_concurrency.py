@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import select, update
 
 from notifyctl.models import DeliveryAttempt, Notification, Status
-from notifyctl.service import Store, booking_input, create_bookings
+from notifyctl.service import Store
 from tests.fakes.telegram import FakeTelegram, hang
-from tests.support import FrozenClock, clean_env, dispatchers, finish
+from tests.support import FrozenClock, clean_env, dispatchers, due_now, finish
 
 pytestmark = pytest.mark.slow
 
@@ -25,24 +25,10 @@ N = Notification
 FIRST_CHAT = 7_000_000
 
 
-def due_now(store: Store, clock: FrozenClock, count: int) -> list[str]:
+def due_chats(store: Store, clock: FrozenClock, count: int) -> list[str]:
     """``count`` hour_before reminders due now (real time), each to its own chat."""
-    now = datetime.now(UTC)
-    clock.set(now)
     chats = [str(FIRST_CHAT + i) for i in range(count)]
-    inputs = [
-        booking_input(
-            f"b{i}",
-            starts_at=now + timedelta(minutes=30),
-            ends_at=now + timedelta(minutes=90),
-            to=[chat],
-            remind=["hour_before"],
-            title=f"Class {i}",
-            now=now,
-        )
-        for i, chat in enumerate(chats)
-    ]
-    create_bookings(store, inputs)
+    due_now(store, clock, chats)
     return chats
 
 
@@ -65,7 +51,7 @@ def throughput(tg: FakeTelegram) -> float:
 def test_four_processes_send_every_reminder_exactly_once(
     database_url: str, store: Store, clock: FrozenClock
 ) -> None:
-    chats = due_now(store, clock, 1200)
+    chats = due_chats(store, clock, 1200)
 
     with FakeTelegram(token=TOKEN) as tg:
         with dispatchers(4, env_for(database_url, tg.api_url), "--rate-limit", "10000") as procs:
@@ -89,7 +75,7 @@ def test_four_processes_send_every_reminder_exactly_once(
 def test_four_processes_share_the_rate_limit_without_429(
     database_url: str, store: Store, clock: FrozenClock
 ) -> None:
-    chats = due_now(store, clock, 160)
+    chats = due_chats(store, clock, 160)
 
     with FakeTelegram(token=TOKEN, rate_limit=30) as tg:
         with dispatchers(4, env_for(database_url, tg.api_url)) as procs:  # default --rate-limit 25
@@ -114,7 +100,7 @@ def test_four_processes_share_the_rate_limit_without_429(
 def test_killed_dispatch_loses_nothing_once_its_lease_runs_out(
     database_url: str, store: Store, clock: FrozenClock
 ) -> None:
-    chats = due_now(store, clock, 20)
+    chats = due_chats(store, clock, 20)
     lease = ("--lease-seconds", "11", "--max-seconds", "10", "--concurrency", "4")
 
     with FakeTelegram(token=TOKEN) as tg:

@@ -4,7 +4,7 @@ Two guards shared by the HTTP channels:
 
 - ``AddressPolicy`` decides whether an address is a public destination or one
   the operator allowed (``NOTIFYCTL_WEBHOOK_ALLOW``: hostnames and CIDRs).
-  ``guarded_session`` gives a requests session whose connections resolve the
+  ``http_session`` gives a requests session whose connections resolve the
   host once, check every resolved address, and connect to the checked IP
   itself, while the Host header, TLS SNI and certificate checks keep the
   hostname: nothing can resolve differently between the check and the
@@ -14,8 +14,11 @@ Two guards shared by the HTTP channels:
   watchdog thread shuts down the send's sockets when its deadline passes,
   which ends any blocking read or write at once, with or without TLS.
 
-requests and urllib3 are imported inside functions, so importing this module
-costs nothing on an idle run.
+Both HTTP clients here build on the same guarded urllib3 connections: the
+requests session (webhooks) and ``JsonClient`` (the Bot API, which sends the
+most and so skips requests' per-call work). requests and urllib3 are
+imported inside functions, so importing this module costs nothing on an
+idle run.
 """
 
 from __future__ import annotations
