@@ -27,7 +27,7 @@ from typing import Any
 
 from .config import Settings, configure_logging, redact
 from .errors import ExitCode, NotifyctlError
-from .runs import RUN_COUNTERS, DispatchOptions, RunReport
+from .runs import RUN_COUNTERS, DispatchOptions, RunReport, idle_run
 
 
 def run_with_helpers(
@@ -135,7 +135,6 @@ def _interrupt(signum: int, frame: object) -> None:
 def _dispatch_once(settings: Settings, options: DispatchOptions) -> RunReport:
     from .db import open_store
     from .dispatch import Dispatcher
-    from .runs import idle_run
 
     store = open_store(settings.database_url)
     try:

@@ -478,26 +478,35 @@ def read_bounded(response: requests.Response, limit: int = MAX_BODY) -> bytes:
     ``requests.ReadTimeout``, as when requests reads the body itself.
     """
     import requests
-    from urllib3.exceptions import HTTPError, ReadTimeoutError
 
     try:
-        return _read_upto(response.raw, limit)[0]
-    except ReadTimeoutError as e:
-        raise requests.ReadTimeout(f"no answer in time: {e}") from e
-    except (HTTPError, OSError) as e:
-        raise requests.ConnectionError(f"Connection aborted while reading the answer: {e}") from e
+        return _read_answer(response.raw, limit)[0]
+    except HttpFailure as e:
+        error = requests.ReadTimeout if e.kind == "ReadTimeout" else requests.ConnectionError
+        raise error(e.detail) from e.__cause__
 
 
-def _read_upto(raw: Any, limit: int) -> tuple[bytes, bool]:
-    """(at most ``limit`` decoded bytes of a urllib3 answer, whether it ended there)."""
+def _read_answer(raw: Any, limit: int) -> tuple[bytes, bool]:
+    """(at most ``limit`` decoded bytes of a urllib3 answer, whether it ended there).
+
+    A failure while reading is an uncertain ``HttpFailure``: the request went out.
+    """
+    from urllib3.exceptions import HTTPError, ReadTimeoutError
+
     chunks: list[bytes] = []
     size = 0
-    while size < limit:
-        chunk = raw.read(min(8192, limit - size), decode_content=True)
-        if not chunk:
-            return b"".join(chunks), True
-        chunks.append(chunk)
-        size += len(chunk)
+    try:
+        while size < limit:
+            chunk = raw.read(min(8192, limit - size), decode_content=True)
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            size += len(chunk)
+    except (HTTPError, OSError) as e:
+        if isinstance(e, ReadTimeoutError | TimeoutError):
+            raise HttpFailure("ReadTimeout", f"no answer in time: {e}", uncertain=True) from e
+        detail = f"Connection aborted while reading the answer: {e}"
+        raise HttpFailure("ConnectionError", detail, uncertain=True) from e
     return b"".join(chunks), False
 
 
@@ -509,6 +518,7 @@ class HttpFailure(Exception):
     def __init__(self, kind: str, detail: object, *, uncertain: bool) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
+        self.detail = str(detail)
         self.uncertain = uncertain
 
 
@@ -546,7 +556,6 @@ class JsonClient:
         *,
         proxy: str | None = None,
         ca_bundle: str | None = None,
-        policy: AddressPolicy | None = None,
         pool_size: int = 10,
     ) -> None:
         import urllib3
@@ -561,14 +570,15 @@ class JsonClient:
         self._manager: Any = (
             urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
         )
-        self._manager.pool_classes_by_scheme = guarded_pool_classes(policy)
+        # no address policy: the API URL is the operator's, not an end user's
+        self._manager.pool_classes_by_scheme = guarded_pool_classes(None)
         self._timeout = urllib3.Timeout
 
     def post_json(
         self, url: str, body: dict[str, Any], *, connect_timeout: float, read_timeout: float
     ) -> tuple[int, bytes]:
         """(status, at most ``MAX_BODY`` bytes of the answer); ``HttpFailure`` otherwise."""
-        from urllib3.exceptions import HTTPError, ReadTimeoutError
+        from urllib3.exceptions import HTTPError
 
         data = json.dumps(body, allow_nan=False).encode()
         try:
@@ -586,15 +596,7 @@ class JsonClient:
             raise _failure(e) from e
         complete = False
         try:
-            content, complete = _read_upto(response, MAX_BODY)
-        except (HTTPError, OSError) as e:  # the request went out: uncertain either way
-            if isinstance(e, ReadTimeoutError | TimeoutError):
-                raise HttpFailure("ReadTimeout", f"no answer in time: {e}", uncertain=True) from e
-            raise HttpFailure(
-                "ConnectionError",
-                f"Connection aborted while reading the answer: {e}",
-                uncertain=True,
-            ) from e
+            content, complete = _read_answer(response, MAX_BODY)
         finally:
             if not complete:  # unread bytes would corrupt the connection's next answer
                 response.close()
