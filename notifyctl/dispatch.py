@@ -35,7 +35,7 @@ from .channels import (
     sender,
     shown_recipient,
 )
-from .channels.base import Channel, ChannelContext, Delivery, Editor, SendResult
+from .channels.base import Channel, ChannelContext, Delivery, Editor, Message, SendResult
 from .config import Settings, redact
 from .db import Store
 from .decisions import Outcome, along_chain, decide
@@ -566,18 +566,15 @@ class Dispatcher:
         now = max(self.clock(), turn.at)  # the moment the request leaves
         if now >= claim.not_after:
             return NotSent(claim, Outcome.expired("not sent before it stopped being useful"))
-        try:
-            booking = bookings.current(claim.id, self._patiently, claim.send_by)
-        except DatabaseError:
-            booking = None
-        if booking is None:  # cancelled or rescheduled meanwhile: the newer intent decides
-            return NotSent(claim, Outcome.released())
-        try:
-            message = build_message(claim, booking, channel, now, self.templates)
-        except Exception as e:  # any template failure fails this reminder, not the run
-            error = redact(f"template error: {type(e).__name__}: {e}")
-            return NotSent(claim, Outcome.failed(error, Reason.TEMPLATE))
+        text = self._text(claim, channel, bookings, now)
+        if isinstance(text, NotSent):
+            return text
         self._pacer.sleep_until(turn.at)
+        # a change that committed during the lead wins too: the copy is checked once more
+        text = self._text(claim, channel, bookings, self.clock(), text)
+        if isinstance(text, NotSent):
+            return text
+        _, message = text
         started = self.clock()
         try:
             result = channel.send(message)
@@ -592,6 +589,32 @@ class Dispatcher:
         if result.delivery is Delivery.BAD_CREDENTIALS:
             self._disable(key, f"{key}: credentials rejected ({result.error})")
         return Attempted(claim, result, started, finished)
+
+    def _text(
+        self,
+        claim: Claim,
+        channel: Channel,
+        bookings: BatchBookings,
+        now: datetime,
+        rendered: tuple[BookingRow, Message] | None = None,
+    ) -> tuple[BookingRow, Message] | NotSent:
+        """The claim's text as of ``now``, from its booking as read at most ``FRESH`` ago.
+
+        ``rendered`` is kept when its booking is still the current one.
+        """
+        try:
+            booking = bookings.current(claim.id, self._patiently, claim.send_by)
+        except DatabaseError:
+            booking = None
+        if booking is None:  # cancelled or rescheduled meanwhile: the newer intent decides
+            return NotSent(claim, Outcome.released())
+        if rendered is not None and rendered[0] == booking:
+            return rendered
+        try:
+            return booking, build_message(claim, booking, channel, now, self.templates)
+        except Exception as e:  # any template failure fails this reminder, not the run
+            error = redact(f"template error: {type(e).__name__}: {e}")
+            return NotSent(claim, Outcome.failed(error, Reason.TEMPLATE))
 
     # -- corrections: Telegram reminders edited in place after a change notice ------------
 

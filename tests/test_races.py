@@ -24,7 +24,7 @@ from notifyctl.channels.base import SendResult
 from notifyctl.channels.netguard import JsonClient
 from notifyctl.config import Settings
 from notifyctl.db import make_engine
-from notifyctl.dispatch import Dispatcher, DispatchOptions
+from notifyctl.dispatch import RENDER_LEAD, Dispatcher, DispatchOptions
 from notifyctl.errors import DatabaseError
 from notifyctl.message import render_for
 from notifyctl.models import (
@@ -589,23 +589,30 @@ def test_reminders_rearmed_together_mid_run_send_only_the_latest(
 
 
 def run_with_first_pacing_wait(
-    store: Store, clock: FrozenClock, tg: FakeTelegram, meanwhile: Callable[[], None]
+    store: Store,
+    clock: FrozenClock,
+    tg: FakeTelegram,
+    meanwhile: Callable[[], None],
+    *,
+    in_lead: bool = False,
 ) -> None:
     """One run (a send at a time) that calls ``meanwhile`` in its first pacing wait: the
-    second message to a chat waits for its turn after a claim that included it."""
-    waits: list[float] = []
+    second message to a chat waits for its turn after a claim that included it. With
+    ``in_lead``, in the first wait of the render lead instead: its text is ready then."""
+    done: list[bool] = []
 
     def sleep(seconds: float) -> None:
-        if not waits:
+        lead = seconds == RENDER_LEAD.total_seconds()
+        if not done and (lead or not in_lead):
             meanwhile()
-        waits.append(seconds)
+            done.append(True)
         clock.advance(seconds)
 
     run = dispatcher(store, clock, tg.api_url, concurrency=1)
     run.sleep = sleep
     run._pacer = Pacer(store, run.options.rate_limit, sleep, run._patiently)
     run.run()
-    assert waits, "no pacing wait: the meanwhile change never happened"
+    assert done, "no such pacing wait: the meanwhile change never happened"
 
 
 def test_a_reschedule_between_claim_and_send_is_read_before_the_text_is_rendered(
@@ -624,6 +631,43 @@ def test_a_reschedule_between_claim_and_send_is_read_before_the_text_is_rendered
     assert [m.text for m in tg.messages] == [tg.messages[0].text]  # only b1 went out
     moved = reminder(store, booking="b2")
     assert (moved["status"], moved["due_at"]) == (Status.PENDING, later - timedelta(hours=1))
+
+
+def test_a_reschedule_in_the_render_lead_stops_the_text_already_rendered(
+    store: Store, clock: FrozenClock, tg: FakeTelegram
+) -> None:
+    remind(store, "b1", "12345")
+    remind(store, "b2", "12345")  # the same chat: its turn comes a second later
+    later = clock() + timedelta(hours=3)
+
+    def reschedule() -> None:
+        move = {"starts_at": later, "ends_at": later + timedelta(hours=1)}
+        create_booking(store, "b2", to=["12345"], remind=["hour_before"], **move)
+
+    run_with_first_pacing_wait(store, clock, tg, reschedule, in_lead=True)
+
+    assert [m.text for m in tg.messages] == [tg.messages[0].text]  # only b1 went out
+    moved = reminder(store, booking="b2")
+    assert (moved["status"], moved["due_at"]) == (Status.PENDING, later - timedelta(hours=1))
+
+
+def test_a_title_changed_in_the_render_lead_is_in_the_text_that_leaves(
+    store: Store, clock: FrozenClock, tg: FakeTelegram
+) -> None:
+    remind(store, "b1", "12345")
+    remind(store, "b2", "12345", title="Yoga")  # the same chat: its turn comes a second later
+    start = reminder(store, booking="b2")["scheduled_at"] + timedelta(hours=1)
+
+    def retitle() -> None:  # same times: the reminder stays claimed, its booking changes
+        times = {"starts_at": start, "ends_at": start + timedelta(hours=1)}
+        create_booking(store, "b2", to=["12345"], remind=["hour_before"], title="Pilates", **times)
+
+    run_with_first_pacing_wait(store, clock, tg, retitle, in_lead=True)
+
+    assert len(tg.messages) == 2
+    assert "Pilates" in tg.messages[1].text
+    assert "Yoga" not in tg.messages[1].text
+    assert reminder(store, booking="b2")["status"] == Status.SENT
 
 
 def test_a_recipient_suppressed_between_claim_and_send_is_not_sent_to(
