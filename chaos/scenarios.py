@@ -137,11 +137,24 @@ class BookingTruth:
     uncertain: bool = False  # a create or cancel failed: its effect is unknown
 
     def candidates(self, t: float) -> list[Version]:
-        """Versions that may be current at ``t``: the last one committed, and any in progress."""
+        """Versions that may be current at ``t``: the last ones committed, any in progress.
+
+        Two creates of one booking that ran at the same time commit in an order
+        nobody outside sees: either may be the last. A version is surely replaced
+        only by one whose create began after it had returned.
+        """
         done = [v for v in self.versions if v.end <= t]
-        current = [max(done, key=lambda v: v.end)] if done else []
         in_progress = [v for v in self.versions if v.begin <= t < v.end]
-        return current + in_progress
+        return last_of(done) + in_progress
+
+    def finals(self) -> list[Version]:
+        """The versions that may be the booking's times now."""
+        return last_of(self.versions)
+
+
+def last_of(versions: list[Version]) -> list[Version]:
+    """Those of ``versions`` that no other one surely replaced."""
+    return [v for v in versions if not any(w.begin > v.end for w in versions)]
 
 
 @dataclass
@@ -190,6 +203,14 @@ def ts(value: Any) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
+
+
+def timeline(booking: BookingTruth, t: float, rendered: float) -> str:
+    """When each version's create ran, and the text was rendered, relative to delivery."""
+    spans = ", ".join(
+        f"{iso(v.start)} create {v.begin - t:+.3f}..{v.end - t:+.3f} s" for v in booking.versions
+    )
+    return f"rendered {rendered - t:+.3f} s; versions: {spans}"
 
 
 class Run:
@@ -609,7 +630,8 @@ class Run:
         rows = {
             row[0]: row
             for row in self.store.query(
-                "SELECT b.external_id, n.status, n.last_error, n.due_at, n.updated_at "
+                "SELECT b.external_id, n.status, n.last_error, n.due_at, n.updated_at, "
+                "b.starts_at "
                 "FROM notifications n JOIN bookings b ON b.id = n.booking_id "
                 "WHERE n.kind NOT IN ('rescheduled', 'cancelled')"  # the reminder of each
             )
@@ -644,7 +666,7 @@ class Run:
                 truth = " or ".join(iso(v.start) for v in versions)
                 r.details.append(
                     f"{booking.booking_id}: false text by {d['label']}: says start {said}, "
-                    f"booking starts {truth} when delivered"
+                    f"booking starts {truth} when delivered; {timeline(booking, t, rendered)}"
                 )
             elif t - rendered > STALE_TEXT_S:
                 r.false_texts += 1
@@ -696,7 +718,17 @@ class Run:
         for booking in self.truth.values():
             if booking.cancel is not None or booking.uncertain:
                 continue
-            final = booking.versions[-1]
+            row = rows.get(booking.booking_id)
+            stored = ts(row[5]) if row else None
+            final = next((v for v in booking.finals() if v.start == stored), None)
+            if final is None:  # SPEC §5: no reschedule is reported and then not applied
+                r.lost += 1
+                r.details.append(
+                    f"{booking.booking_id}: stored start "
+                    f"{'missing' if stored is None else iso(stored)}, not one a last create "
+                    f"gave ({', '.join(iso(v.start) for v in booking.finals())})"
+                )
+                continue
             if final.start - booking.offset > self.main_end:
                 continue  # not due during the run
             if by_arming.get((booking.booking_id, final.start)):
@@ -710,8 +742,8 @@ class Run:
                     "delivery: not re-armed (allowed)"
                 )
                 continue
-            row = rows.get(booking.booking_id)
-            status, last_error = (row[1], row[2]) if row else ("missing", None)
+            assert row is not None
+            status, last_error = row[1], row[2]
             if status == "failed" and last_error:
                 continue
             if row and status == "expired" and last_error and ts(row[4]) >= final.start - 1:
