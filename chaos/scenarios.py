@@ -78,6 +78,11 @@ NOT_AFTER_TOLERANCE_S = 0.5
 # relay) a moment after it: the provider's clock stamps its arrival, not its departure;
 # a cut host's later sends cannot arrive before it is healed (a lease and more later)
 IN_FLIGHT_TOLERANCE_S = 1.0
+# SPEC §5: a change that commits while a reminder is being sent wins, but that send may
+# still arrive with the old text. dispatch checks the booking at most 50 ms (FRESH)
+# before the request leaves; the fake stamps arrival. A text may be true this long
+# before it arrived (a create's commit comes before it returns: more margin still)
+TEXT_IN_FLIGHT_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -136,15 +141,16 @@ class BookingTruth:
     cancel: tuple[float, float] | None = None  # (began, returned)
     uncertain: bool = False  # a create or cancel failed: its effect is unknown
 
-    def candidates(self, t: float) -> list[Version]:
-        """Versions that may be current at ``t``: the last ones committed, any in progress.
+    def candidates(self, t: float, in_flight: float = TEXT_IN_FLIGHT_S) -> list[Version]:
+        """Versions a text arriving at ``t`` may tell: current at some moment of the
+        ``in_flight`` seconds before it, committed by then or in progress.
 
         Two creates of one booking that ran at the same time commit in an order
         nobody outside sees: either may be the last. A version is surely replaced
         only by one whose create began after it had returned.
         """
-        done = [v for v in self.versions if v.end <= t]
-        in_progress = [v for v in self.versions if v.begin <= t < v.end]
+        done = [v for v in self.versions if v.end <= t - in_flight]
+        in_progress = [v for v in self.versions if v.begin <= t and v.end > t - in_flight]
         return last_of(done) + in_progress
 
     def finals(self) -> list[Version]:

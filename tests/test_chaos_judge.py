@@ -3,7 +3,9 @@
 Two ``create`` calls of one booking that run at the same time commit in an order
 no one outside sees; the judge must accept either as the booking's times, and
 only those (seed 406673 of the quick campaign once reported a true text as false
-and its booking as lost because it took the later-returning create as the last).
+and its booking as lost because it took the later-returning create as the last). A
+text checked against the store just before a create committed, and arriving just
+after, was in flight (SPEC §5): true when it left.
 """
 
 from __future__ import annotations
@@ -38,3 +40,11 @@ def test_a_create_that_began_after_another_returned_replaces_it() -> None:
     assert truth.candidates(12.5) == [a, b]  # b in progress: either may be seen
     assert truth.candidates(11.5) == [a]
     assert truth.finals() == [b]
+
+
+def test_a_text_checked_just_before_a_create_committed_is_in_flight_not_false() -> None:
+    moved = Version(10.0, 11.0, 1031.0, 2031.0)
+    truth = booking(FIRST, moved)
+
+    assert truth.candidates(11.1) == [FIRST, moved]  # left before the commit, arrived after
+    assert truth.candidates(12.0) == [moved]
