@@ -883,6 +883,7 @@ def dispatch(
     """Deliver what is due, retry what failed for a passing reason, and exit (run from cron)."""
     from . import metrics, pings
     from .runs import DispatchOptions
+    from .workers import sigterm_interrupts
 
     options = DispatchOptions(
         batch_size=batch_size,
@@ -909,7 +910,8 @@ def dispatch(
     health = pings.Healthcheck(None if dry_run else ping_url)
     started = time.monotonic()
     try:
-        report = _dispatch_under(health, settings, options, output, metrics_file, json_out)
+        with sigterm_interrupts():
+            report = _dispatch_under(health, settings, options, output, metrics_file, json_out)
     except Exception as e:  # the run failed early: the metrics file still tells
         if metrics_file is not None and not dry_run:
             code = int(e.exit_code) if isinstance(e, NotifyctlError) else int(ExitCode.INTERNAL)

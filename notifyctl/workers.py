@@ -21,7 +21,8 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -110,10 +111,10 @@ def _helper(send: Any, settings: Settings, options: DispatchOptions, verbose: bo
     """A helper process: one dispatch on its own connection, its report sent back."""
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _interrupt)
-        redact.add(settings.secrets())
-        configure_logging(verbose)
-        report = _dispatch_once(settings, options)
+        with sigterm_interrupts():
+            redact.add(settings.secrets())
+            configure_logging(verbose)
+            report = _dispatch_once(settings, options)
     except KeyboardInterrupt:
         report = RunReport(exit_code=ExitCode.INTERRUPTED, error="interrupted")
     except NotifyctlError as e:
@@ -122,10 +123,24 @@ def _helper(send: Any, settings: Settings, options: DispatchOptions, verbose: bo
         report = RunReport(
             exit_code=ExitCode.INTERNAL, error=redact(f"internal error: {type(e).__name__}: {e}")
         )
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # too late to interrupt: the run is over
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # too late to interrupt: the run is over
     send.send(report)
     send.close()
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside: SIGTERM (``kill``, ``timeout``, a stopping service) stops the run as
+    Ctrl-C does - recorded as interrupted, helpers stopped - instead of killing the
+    process with its run unrecorded. Only the main thread can set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum: int, frame: object) -> None:

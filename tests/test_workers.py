@@ -83,8 +83,9 @@ def test_workers_send_every_reminder_once_under_the_shared_rate_limit(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
 def test_an_interrupted_command_stops_its_workers_and_exits_130(
-    database_url: str, store: Store, clock: FrozenClock
+    database_url: str, store: Store, clock: FrozenClock, signum: signal.Signals
 ) -> None:
     due_reminders(store, clock, 20)
     with FakeTelegram(token=TOKEN) as tg:
@@ -99,7 +100,7 @@ def test_an_interrupted_command_stops_its_workers_and_exits_130(
         proc = dispatch(env, "--workers", "2", "--batch-size", "2", "--concurrency", "1")
         try:
             tg.wait_for(2, timeout=30)  # the command and its helper each have a send out
-            os.kill(proc.pid, signal.SIGINT)  # kill -INT: the command alone, not its group
+            os.kill(proc.pid, signum)  # Ctrl-C or `kill`: the command alone, not its group
             out, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
