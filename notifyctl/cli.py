@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # loaded where a command needs them, so an idle dispatch stay
     from .runs import DispatchOptions, RunReport
     from .service import BookingFields, BookingInput, BookingResult
     from .stats import RunInfo, Stats
+    from .stopping import StopRequest
 
 __all__ = ["app", "main"]
 
@@ -880,10 +881,15 @@ def dispatch(
     verbose: Verbose = False,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Deliver what is due, retry what failed for a passing reason, and exit (run from cron)."""
+    """Deliver what is due, retry what failed for a passing reason, and exit (run from cron).
+
+    Ctrl-C or SIGTERM stops the run: nothing more is claimed, what has not gone
+    out is given back at once, the answers of sends already out are recorded,
+    and it exits 130. A second signal stops it at once.
+    """
     from . import metrics, pings
     from .runs import DispatchOptions
-    from .workers import sigterm_interrupts
+    from .stopping import stop_on_signals
 
     options = DispatchOptions(
         batch_size=batch_size,
@@ -910,8 +916,10 @@ def dispatch(
     health = pings.Healthcheck(None if dry_run else ping_url)
     started = time.monotonic()
     try:
-        with sigterm_interrupts():
-            report = _dispatch_under(health, settings, options, output, metrics_file, json_out)
+        with stop_on_signals() as stop:
+            report = _dispatch_under(
+                health, settings, options, output, metrics_file, json_out, stop
+            )
     except Exception as e:  # the run failed early: the metrics file still tells
         if metrics_file is not None and not dry_run:
             code = int(e.exit_code) if isinstance(e, NotifyctlError) else int(ExitCode.INTERNAL)
@@ -936,6 +944,7 @@ def _dispatch_under(
     output: Output,
     metrics_file: Path | None,
     json_out: bool,
+    stop: StopRequest,
 ) -> RunReport | None:
     """One run (or a dry run: None) inside its healthcheck pings."""
     from .runs import quick_idle_run
@@ -946,7 +955,7 @@ def _dispatch_under(
             if report is not None:  # nothing to do: recorded without loading SQLAlchemy
                 health.finish(report)
                 return report
-        report = _dispatch_in_store(settings, options, output, metrics_file, json_out)
+        report = _dispatch_in_store(settings, options, output, metrics_file, json_out, stop)
         if report is not None:
             health.finish(report)
         return report
@@ -958,6 +967,7 @@ def _dispatch_in_store(
     output: Output,
     metrics_file: Path | None,
     json_out: bool,
+    stop: StopRequest,
 ) -> RunReport | None:
     """The run (or dry run) on the store, once the plain idle check did not decide it."""
     from . import metrics
@@ -988,26 +998,26 @@ def _dispatch_in_store(
                     + " (a run would give these reminders back and send the rest)"
                 )
             return None
-        report = idle_run(store, options) or _run_dispatch(store, settings, options, output)
+        report = idle_run(store, options) or _run_dispatch(store, settings, options, output, stop)
         if metrics_file is not None:
             metrics.export_metrics(store, metrics_file, report)
     return report
 
 
 def _run_dispatch(
-    store: Store, settings: Settings, options: DispatchOptions, output: Output
+    store: Store, settings: Settings, options: DispatchOptions, output: Output, stop: StopRequest
 ) -> RunReport:
     """The dispatch engine, loaded only when there is work (an idle run stays cheap)."""
     from .dispatch import Dispatcher
 
     def run_here() -> RunReport:
-        return Dispatcher(store, settings, options, stdout=output.stdout).run()
+        return Dispatcher(store, settings, options, stdout=output.stdout, stop=stop).run()
 
     if options.workers == 1:
         return run_here()
     from .workers import run_with_helpers
 
-    return run_with_helpers(settings, options, run_here)
+    return run_with_helpers(settings, options, run_here, stop)
 
 
 # --- recipients -------------------------------------------------------------------------

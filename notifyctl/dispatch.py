@@ -47,6 +47,7 @@ from .pacing import Allowance, Pacer, Patiently
 from .queries import BookingRow
 from .routes import Address, alternatives, has_next, route_text
 from .runs import Action, DispatchOptions, RunReport
+from .stopping import StopRequest
 
 __all__ = ["DispatchOptions", "Dispatcher", "RunReport"]
 
@@ -108,13 +109,23 @@ GATHER = 0.02
 FRESH = 0.05
 
 
+class _Wake:
+    """Put on the returned queue when the run is asked to stop: the recorder wakes."""
+
+
+WAKE = _Wake()
+
+
 @dataclass
 class _Flight:
     """The sends out at once, across the batches of one run."""
 
-    returned: queue.SimpleQueue[Returned | BaseException] = field(default_factory=queue.SimpleQueue)
+    returned: queue.SimpleQueue[Returned | BaseException | _Wake] = field(
+        default_factory=queue.SimpleQueue
+    )
     pending: dict[int, Claim] = field(default_factory=dict)  # sent off, not yet returned
     channels: dict[int, Channel] = field(default_factory=dict)
+    sends: dict[int, Future[None]] = field(default_factory=dict)  # each pending one's
     corrections: list[Future[tuple[str, list[dict[str, Any]]]]] = field(default_factory=list)
 
 
@@ -173,17 +184,19 @@ class Dispatcher:
         *,
         stdout: TextIO,
         rng: random.Random | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         http_client: Any = None,
+        stop: StopRequest | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.options = options.validate()
         self.clock = store.clock
         self.rng = rng or random.Random()
-        self.sleep = sleep
+        self.sleep = sleep or time.sleep
         self.monotonic = monotonic
+        self._stop = stop or StopRequest()
         # a send must end well inside its lease, or a rescuer may send it again meanwhile
         deadline = min(settings.send_deadline, self.options.lease_seconds / 4)
         self.context = ChannelContext(
@@ -196,7 +209,9 @@ class Dispatcher:
         self._channels: dict[str, Channel] = {}  # per sender: channel, or telegram:<bot>
         self._disabled: dict[str, str] = {}  # sender → why this run cannot send on it
         self._lock = threading.Lock()
-        self._pacer = Pacer(store, self.options.rate_limit, sleep, self._patiently)
+        # a pacing wait (and the wait for the next due second) ends when asked to stop
+        pace = sleep or self._stop.wait
+        self._pacer = Pacer(store, self.options.rate_limit, pace, self._patiently)
         self.templates = load_templates(settings)
 
     # -- maintenance -------------------------------------------------------------------
@@ -239,7 +254,9 @@ class Dispatcher:
         try:
             self._maintain(report)
             self._loop(report, started)
-            if self._disabled:
+            if self._stop.requested:
+                report.exit_code, report.error = ExitCode.INTERRUPTED, "interrupted"
+            elif self._disabled:
                 report.exit_code = ExitCode.CONFIG
                 whys = "; ".join(why for _, why in sorted(self._disabled.items()))
                 report.error = (
@@ -317,10 +334,12 @@ class Dispatcher:
         budget_end = self.clock() + timedelta(seconds=self.options.max_seconds)
         wait_until = self.clock() + self.options.wait_horizon
         flight = _Flight()
+        self._stop.on_request(lambda: flight.returned.put(WAKE))
         low_water = self.options.batch_size // 2
         nothing_due = False  # the last claim found nothing: look again once all is answered
         while True:
-            claiming = self.monotonic() - started < self.options.max_seconds
+            stopping = self._stop.requested
+            claiming = not stopping and self.monotonic() - started < self.options.max_seconds
             if claiming and not nothing_due and len(flight.pending) <= low_water:
                 now = self.clock()
                 if self._claim_batch(pool, flight, now, lease, margin, budget_end, report):
@@ -338,8 +357,13 @@ class Dispatcher:
                 nothing_due = False
                 continue
             group = self._collected(flight)
+            if stopping or self._stop.requested:
+                group += self._unstarted(flight)
+            if not group:
+                continue
             self._record(group, report)
             for item in group:  # a notice is out: correct what the recipient was told before
+                flight.sends.pop(item.claim.id, None)
                 channel = flight.channels.pop(item.claim.id)
                 if _delivered_notice(item) and isinstance(channel, Editor):
                     flight.corrections.append(pool.submit(self._correct, item.claim, channel))
@@ -436,13 +460,21 @@ class Dispatcher:
             flight.pending[claim.id] = claim
             flight.channels[claim.id] = channel
             allowance = allowances[channel.pacing_key]
-            pool.submit(self._send_into, flight.returned, claim, channel, bookings, allowance)
+            flight.sends[claim.id] = pool.submit(
+                self._send_into, flight.returned, claim, channel, bookings, allowance
+            )
         if unsent:
             self._record(unsent, report)
 
+    @staticmethod
+    def _unstarted(flight: _Flight) -> list[Returned]:
+        """The sends not begun yet, cancelled: given back now, not after their lease."""
+        cancelled = [i for i, send in flight.sends.items() if send.cancel()]
+        return [NotSent(flight.pending.pop(i), Outcome.released()) for i in cancelled]
+
     def _send_into(
         self,
-        returned: queue.SimpleQueue[Returned | BaseException],
+        returned: queue.SimpleQueue[Returned | BaseException | _Wake],
         claim: Claim,
         channel: Channel,
         bookings: BatchBookings,
@@ -463,7 +495,8 @@ class Dispatcher:
         start is abandoned: it may have gone out, so it becomes a retry marked
         uncertain (channels end their own sends at the deadline; this is the
         backstop for one that does not). Whatever returns later for an
-        abandoned claim is ignored.
+        abandoned claim is ignored. A stop request returns at once with what
+        has returned (perhaps nothing).
         """
         pending = flight.pending
         deadline = self.context.send_deadline
@@ -490,12 +523,15 @@ class Dispatcher:
                 except queue.Empty:
                     break
             done = []
+            woken = False  # asked to stop: back to the loop at once, to give back the rest
             for item in group:
                 if isinstance(item, BaseException):
                     raise item
-                if pending.pop(item.claim.id, None) is not None:
+                if isinstance(item, _Wake):
+                    woken = True
+                elif pending.pop(item.claim.id, None) is not None:
                     done.append(item)
-            if done:
+            if done or woken:
                 return done
 
     def _settle_corrections(self, flight: _Flight, report: RunReport, *, wait: bool) -> None:
@@ -575,6 +611,8 @@ class Dispatcher:
         if isinstance(text, NotSent):
             return text
         _, message = text
+        if self._stop.requested:  # given back at once: on time for the next run
+            return NotSent(claim, Outcome.released())
         started = self.clock()
         try:
             result = channel.send(message)

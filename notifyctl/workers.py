@@ -21,22 +21,27 @@ import contextlib
 import os
 import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from .config import Settings, configure_logging, redact
 from .errors import ExitCode, NotifyctlError
 from .runs import RUN_COUNTERS, DispatchOptions, RunReport, idle_run
+from .stopping import StopRequest, stop_on_signals
 
 
 def run_with_helpers(
     settings: Settings,
     options: DispatchOptions,
     run_here: Callable[[], RunReport],
+    stop: StopRequest,
 ) -> RunReport:
-    """``run_here()`` while ``options.workers - 1`` helpers run beside it; the sum of all."""
+    """``run_here()`` while ``options.workers - 1`` helpers run beside it; the sum of all.
+
+    A stop request made of the command is passed on to the helpers (SIGTERM);
+    a second signal (KeyboardInterrupt here) kills them with the command.
+    """
     import logging
     import multiprocessing
 
@@ -44,9 +49,9 @@ def run_with_helpers(
     context = multiprocessing.get_context("spawn")
     single = replace(options, workers=1)
     helpers: list[tuple[Any, Any]] = []
-    # helpers start deaf to Ctrl-C (the setting is inherited), so that one arriving while
-    # they import cannot print a traceback; they listen once running, and the command
-    # passes any interrupt on to them as SIGTERM (which a helper still starting dies of)
+    # helpers are deaf to Ctrl-C (the setting is inherited): a terminal sends it to the
+    # whole group, and the command passes it on once, as SIGTERM (of which a helper still
+    # starting dies, and a running one stops as asked)
     hearing = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         for _ in range(options.workers - 1):
@@ -59,12 +64,13 @@ def run_with_helpers(
             helpers.append((process, receive))
     finally:
         signal.signal(signal.SIGINT, hearing)
+    stop.add_helpers([process.pid for process, _ in helpers])
     try:
         report = run_here()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # insisted: no waiting for anyone's answers
         for process, _ in helpers:
             with contextlib.suppress(OSError):
-                os.kill(process.pid, signal.SIGTERM)
+                os.kill(process.pid, signal.SIGKILL)
         raise
     finally:
         reports = [_report_of(process, receive) for process, receive in helpers]
@@ -108,46 +114,28 @@ def merged(report: RunReport, others: list[RunReport]) -> RunReport:
 
 
 def _helper(send: Any, settings: Settings, options: DispatchOptions, verbose: bool) -> None:
-    """A helper process: one dispatch on its own connection, its report sent back."""
-    try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        with sigterm_interrupts():
+    """A helper process: one dispatch on its own connection, its report sent back.
+
+    It hears SIGTERM from the command (a request to stop, as the command's own
+    first signal is) until its report is sent; Ctrl-C it ignores, as it started.
+    """
+    with stop_on_signals((signal.SIGTERM,), insist=False) as stop:
+        try:
             redact.add(settings.secrets())
             configure_logging(verbose)
-            report = _dispatch_once(settings, options)
-    except KeyboardInterrupt:
-        report = RunReport(exit_code=ExitCode.INTERRUPTED, error="interrupted")
-    except NotifyctlError as e:
-        report = RunReport(exit_code=int(e.exit_code), error=e.message)
-    except Exception as e:  # reported by the command, as its own would be
-        report = RunReport(
-            exit_code=ExitCode.INTERNAL, error=redact(f"internal error: {type(e).__name__}: {e}")
-        )
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # too late to interrupt: the run is over
-    send.send(report)
+            report = _dispatch_once(settings, options, stop)
+        except NotifyctlError as e:
+            report = RunReport(exit_code=int(e.exit_code), error=e.message)
+        except Exception as e:  # reported by the command, as its own would be
+            report = RunReport(
+                exit_code=ExitCode.INTERNAL,
+                error=redact(f"internal error: {type(e).__name__}: {e}"),
+            )
+        send.send(report)
     send.close()
 
 
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Inside: SIGTERM (``kill``, ``timeout``, a stopping service) stops the run as
-    Ctrl-C does - recorded as interrupted, helpers stopped - instead of killing the
-    process with its run unrecorded. Only the main thread can set a handler."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _dispatch_once(settings: Settings, options: DispatchOptions) -> RunReport:
+def _dispatch_once(settings: Settings, options: DispatchOptions, stop: StopRequest) -> RunReport:
     from .db import open_store
     from .dispatch import Dispatcher
 
@@ -155,7 +143,7 @@ def _dispatch_once(settings: Settings, options: DispatchOptions) -> RunReport:
     try:
         return (
             idle_run(store, options)
-            or Dispatcher(store, settings, options, stdout=sys.stdout).run()
+            or Dispatcher(store, settings, options, stdout=sys.stdout, stop=stop).run()
         )
     finally:
         store.close()

@@ -38,6 +38,7 @@ from notifyctl.models import (
 )
 from notifyctl.pacing import Pacer, SharedSlots
 from notifyctl.service import Store, cancel, create_booking, reconcile
+from notifyctl.stopping import StopRequest
 from tests.fakes.telegram import FakeTelegram, error, migrated
 from tests.support import Cli, FrozenClock
 from tests.test_dispatch import (
@@ -668,6 +669,34 @@ def test_a_title_changed_in_the_render_lead_is_in_the_text_that_leaves(
     assert "Pilates" in tg.messages[1].text
     assert "Yoga" not in tg.messages[1].text
     assert reminder(store, booking="b2")["status"] == Status.SENT
+
+
+def test_a_stop_request_gives_back_what_has_not_gone_out_and_ends_the_run_as_130(
+    store: Store, clock: FrozenClock, tg: FakeTelegram
+) -> None:
+    for booking in ("b1", "b2", "b3"):  # one chat: b2 waits for its turn, b3 behind it
+        remind(store, booking, "12345")
+    due = reminder(store, booking="b2")["due_at"]
+    stop = StopRequest()
+    run = dispatcher(store, clock, tg.api_url, concurrency=1)
+    run._stop = stop
+
+    def sleep(seconds: float) -> None:  # SIGTERM arrives during b2's pacing wait
+        stop.request()
+        clock.advance(seconds)
+
+    run._pacer = Pacer(store, run.options.rate_limit, sleep, run._patiently)
+    report = run.run()
+
+    assert len(tg.messages) == 1  # b1 went out before; nothing after the request
+    assert (report.exit_code, report.sent, report.released) == (130, 1, 2)
+    assert reminder(store, booking="b1")["status"] == Status.SENT
+    for booking in ("b2", "b3"):  # given back now, not after a lease, as they were
+        row = reminder(store, booking=booking)
+        assert (row["status"], row["attempts"], row["due_at"]) == (Status.PENDING, 0, due)
+        assert row["lease_token"] is None
+    with store.reader() as conn:
+        assert conn.scalars(select(DispatchRun.exit_code)).all() == [130]
 
 
 def test_a_recipient_suppressed_between_claim_and_send_is_not_sent_to(
