@@ -616,9 +616,12 @@ def run_with_first_pacing_wait(
     assert done, "no such pacing wait: the meanwhile change never happened"
 
 
-def test_a_reschedule_between_claim_and_send_is_read_before_the_text_is_rendered(
-    store: Store, clock: FrozenClock, tg: FakeTelegram
+@pytest.mark.parametrize("in_lead", [False, True], ids=["pacing-wait", "render-lead"])
+def test_a_reschedule_between_claim_and_send_stops_the_old_text(
+    store: Store, clock: FrozenClock, tg: FakeTelegram, in_lead: bool
 ) -> None:
+    """Committed while the claim waits for its turn, or in the lead after its text was
+    rendered for that turn: the booking is read again before the request leaves."""
     remind(store, "b1", "12345")
     remind(store, "b2", "12345")  # the same chat: its turn comes a second later
     later = clock() + timedelta(hours=3)
@@ -627,25 +630,7 @@ def test_a_reschedule_between_claim_and_send_is_read_before_the_text_is_rendered
         move = {"starts_at": later, "ends_at": later + timedelta(hours=1)}
         create_booking(store, "b2", to=["12345"], remind=["hour_before"], **move)
 
-    run_with_first_pacing_wait(store, clock, tg, reschedule)
-
-    assert [m.text for m in tg.messages] == [tg.messages[0].text]  # only b1 went out
-    moved = reminder(store, booking="b2")
-    assert (moved["status"], moved["due_at"]) == (Status.PENDING, later - timedelta(hours=1))
-
-
-def test_a_reschedule_in_the_render_lead_stops_the_text_already_rendered(
-    store: Store, clock: FrozenClock, tg: FakeTelegram
-) -> None:
-    remind(store, "b1", "12345")
-    remind(store, "b2", "12345")  # the same chat: its turn comes a second later
-    later = clock() + timedelta(hours=3)
-
-    def reschedule() -> None:
-        move = {"starts_at": later, "ends_at": later + timedelta(hours=1)}
-        create_booking(store, "b2", to=["12345"], remind=["hour_before"], **move)
-
-    run_with_first_pacing_wait(store, clock, tg, reschedule, in_lead=True)
+    run_with_first_pacing_wait(store, clock, tg, reschedule, in_lead=in_lead)
 
     assert [m.text for m in tg.messages] == [tg.messages[0].text]  # only b1 went out
     moved = reminder(store, booking="b2")
