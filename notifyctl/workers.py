@@ -54,7 +54,7 @@ def run_with_helpers(
     # starting dies, and a running one stops as asked)
     hearing = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        for _ in range(options.workers - 1):
+        for _ in range(0 if stop.requested else options.workers - 1):
             receive, send = context.Pipe(duplex=False)
             process = context.Process(
                 target=_helper, args=(send, settings, single, verbose), name="notifyctl-worker"

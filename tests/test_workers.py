@@ -7,19 +7,23 @@ merge of the workers' reports is also checked as the pure function it is.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from notifyctl.config import Settings
 from notifyctl.models import DispatchRun, Notification, Status
-from notifyctl.runs import RunReport
+from notifyctl.runs import DispatchOptions, RunReport
 from notifyctl.service import Store
-from notifyctl.workers import merged
+from notifyctl.stopping import StopRequest
+from notifyctl.workers import merged, run_with_helpers
 from tests.fakes.telegram import FakeTelegram, hang
 from tests.support import REPO, Cli, FrozenClock, clean_env, due_now
 
@@ -174,3 +178,15 @@ def test_reports_merge_into_one_with_the_first_failure_and_each_error_once() -> 
     assert report.exit_code == 3
     assert report.error == f"{missing}; database is locked"
     assert report.duration_seconds == 3.5
+
+
+def test_no_helper_starts_once_the_command_was_asked_to_stop(tmp_path: Path) -> None:
+    stop = StopRequest()
+    stop.request()  # e.g. a SIGTERM while the command was still finding work
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'absent.db'}")
+    mine = RunReport(exit_code=130, error="interrupted")
+
+    report = run_with_helpers(settings, DispatchOptions(workers=3), lambda: mine, stop)
+
+    assert multiprocessing.active_children() == []
+    assert (report.exit_code, report.error) == (130, "interrupted")  # no helper's report
