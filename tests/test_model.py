@@ -14,7 +14,8 @@ How it is built
   SPEC §11), a chat migration, or a timeout after the request left (the message
   arrived; the engine is told "retry, uncertain"). A script step may also run a reschedule,
   a replayed create or a cancel synchronously inside ``send``: a change that
-  commits while the message is in flight.
+  commits while the message is in flight; or make a stop request (SIGTERM) then:
+  the run records that answer, sends nothing more and ends with exit 130.
 - Dispatch runs are real ``Dispatcher`` runs with the frozen clock: pacing waits
   advance it through ``sleep``, and ``monotonic`` is derived from it, so every
   run is deterministic. ``batch_size=1, concurrency=1`` keeps claim, send and
@@ -113,6 +114,7 @@ from notifyctl.message import render_for
 from notifyctl.models import Booking, DeliveryAttempt, Notification
 from notifyctl.runs import Action
 from notifyctl.service import Store, cancel, create_booking
+from notifyctl.stopping import StopRequest
 from tests import model_channel
 from tests.support import FrozenClock, stat_hours_drift
 
@@ -221,6 +223,7 @@ class Step(NamedTuple):
 
     outcome: str  # ok | 429/<s> | 500 | 403 | gone | migrate | timeout
     interference: Interference | None = None
+    stop: bool = False  # a stop request (SIGTERM) arrives while this message is in flight
 
 
 class Violation(AssertionError):
@@ -247,7 +250,8 @@ interferences = st.one_of(
         starts_in,
     ),
 )
-scripts = st.lists(st.builds(Step, outcomes, interferences), max_size=6)
+stops = st.sampled_from([False, False, False, True])
+scripts = st.lists(st.builds(Step, outcomes, interferences, stops), max_size=6)
 clock_steps = st.one_of(
     st.sampled_from([1, 29, 59, 60, 61, 299, 301, 1800, 3599, 3600, 3601, 86_399, 86_400]),
     st.integers(1, 3 * 86_400),
@@ -273,6 +277,7 @@ class ReminderModel(RuleBasedStateMachine):
         # reminder → (alternative, claims seen on it since it got there): bounds its attempts
         self.claims: dict[int, tuple[int, int]] = {}
         self.script: list[Step] = []
+        self.stop = StopRequest()
         self.violations: list[str] = []
         self.runs = 0
         self.healthy = True  # False once a step failed: teardown then skips the drain
@@ -617,6 +622,7 @@ class ReminderModel(RuleBasedStateMachine):
 
     def _provide(self, message: Message) -> SendResult:
         what = f"{message.kind} {message.notification_id}"
+        self.check(not self.stop.requested, f"{what} sent after the run was asked to stop")
         self.check_not_suppressed(message.recipient, what)
         with self.store.reader() as conn:
             claimed = conn.execute(
@@ -669,6 +675,8 @@ class ReminderModel(RuleBasedStateMachine):
             self.interfere(step.interference, message.booking_id)
         if step.outcome == "gone":  # the run records it (and suppresses) after this change
             self.suppressed.setdefault(message.recipient, self.now())
+        if step.stop:
+            self.stop.request()
         return result
 
     def interfere(self, change: Interference, in_flight: str) -> None:
@@ -698,6 +706,7 @@ class ReminderModel(RuleBasedStateMachine):
         alternatives_before = {row.id: row.alternative for row in self.rows()}
         fallbacks_before = self.fallbacks()
         epoch = self.now()
+        self.stop = StopRequest()
         report = Dispatcher(
             self.store,
             self.settings,
@@ -715,8 +724,12 @@ class ReminderModel(RuleBasedStateMachine):
             rng=random.Random(self.runs),
             sleep=self.clock.sleep,
             monotonic=lambda: (self.clock() - epoch).total_seconds(),
+            stop=self.stop,
         ).run()
-        self.check(report.exit_code == 0, f"dispatch exit {report.exit_code}: {report.error}")
+        expected = 130 if self.stop.requested else 0  # a stopped run ends interrupted
+        self.check(
+            report.exit_code == expected, f"dispatch exit {report.exit_code}: {report.error}"
+        )
         self.raise_violations()
         # superseding: of several due in one run, only the latest is sent
         for arming, delivered in self.run_deliveries:
