@@ -348,6 +348,7 @@ class Dispatcher:
                     wake = self._next_wake(now, wait_until)
                     if wake is None:
                         break
+                    log.info("waiting until %s for the next due reminder", wake.isoformat())
                     self._pacer.sleep_until(wake)  # on time to the second, without a cron tick
                     continue
                 nothing_due = True

@@ -16,26 +16,41 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
+
+#: a wait looks at the request this often (a plain flag: see ``StopRequest``)
+WAKE_EVERY = 0.1
 
 
 class StopRequest:
     """Made by the first signal (or ``request()``); a dispatch run asks ``requested``
-    between steps, and its pacing waits (``wait``) end when it is made."""
+    between steps, and its pacing waits (``wait``) end when it is made.
+
+    A signal handler runs in the main thread between two bytecodes, possibly while
+    that thread holds a lock (inside ``threading.Event.wait``, say): so the request
+    is a plain flag, and the handler only sets it, signals the helpers and calls
+    reentrant listeners. Waits look at the flag every ``WAKE_EVERY`` seconds.
+    """
 
     def __init__(self, *, insist: bool = True) -> None:
-        self._event = threading.Event()
+        self._requested = False
         self._insist = insist  # a second signal raises KeyboardInterrupt (helpers: ignored)
         self._helpers: list[int] = []
         self._listeners: list[Callable[[], None]] = []
 
     @property
     def requested(self) -> bool:
-        return self._event.is_set()
+        return self._requested
 
     def wait(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less when the request is made meanwhile."""
-        self._event.wait(seconds)
+        """Sleep ``seconds``, or about ``WAKE_EVERY`` past the request when it comes first."""
+        end = time.monotonic() + seconds
+        while not self._requested:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, WAKE_EVERY))
 
     def on_request(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` when the request is made; it may run in a signal handler,
@@ -45,17 +60,17 @@ class StopRequest:
     def add_helpers(self, pids: list[int]) -> None:
         """Processes to pass the request on to (at once, when it came already)."""
         self._helpers.extend(pids)
-        if self.requested:
+        if self._requested:
             self._tell_helpers()
 
     def request(self) -> None:
-        self._event.set()
+        self._requested = True
         self._tell_helpers()
         for listener in self._listeners:
             listener()
 
     def __call__(self, signum: int, frame: object) -> None:
-        if not self.requested:
+        if not self._requested:
             self.request()
         elif self._insist:
             raise KeyboardInterrupt

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlalchemy import func, select
 from notifyctl.config import Settings
 from notifyctl.models import DispatchRun, Notification, Status
 from notifyctl.runs import DispatchOptions, RunReport
-from notifyctl.service import Store
+from notifyctl.service import Store, create_booking
 from notifyctl.stopping import StopRequest
 from notifyctl.workers import merged, run_with_helpers
 from tests.fakes.telegram import FakeTelegram, hang
@@ -190,3 +191,36 @@ def test_no_helper_starts_once_the_command_was_asked_to_stop(tmp_path: Path) -> 
 
     assert multiprocessing.active_children() == []
     assert (report.exit_code, report.error) == (130, "interrupted")  # no helper's report
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_run_waiting_for_the_next_due_second_stops_at_once(
+    database_url: str, store: Store, clock: FrozenClock
+) -> None:
+    due_reminders(store, clock, 1)
+    starts = clock() + timedelta(hours=1, seconds=40)  # its reminder falls due in 40 s
+    create_booking(
+        store, "later", starts_at=starts, ends_at=starts + timedelta(hours=1),
+        to=["telegram:7100"], remind=["hour_before"],
+    )  # fmt: skip
+    with FakeTelegram(token=TOKEN) as tg:
+        env = clean_env(database_url, TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_API_URL=tg.api_url)
+        proc = dispatch(env, "--max-seconds", "55", "-v")  # waits for it (SPEC §13)
+        try:
+            assert proc.stderr is not None
+            seen = ""
+            while "waiting until" not in seen and proc.poll() is None:
+                seen = proc.stderr.readline()  # -v: the run says when it starts waiting
+            os.kill(proc.pid, signal.SIGTERM)
+            out, err = proc.communicate(timeout=20)  # not the 40 s the wait had left
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+    assert "waiting until" in seen
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert out.startswith("dispatch: 1 sent in ")
+    assert [r.exit_code for r in runs(store)] == [130]
+    assert in_status(store, Status.PENDING) == 1  # the later one, for the next run
