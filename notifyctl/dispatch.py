@@ -338,8 +338,9 @@ class Dispatcher:
         low_water = self.options.batch_size // 2
         nothing_due = False  # the last claim found nothing: look again once all is answered
         while True:
-            stopping = self._stop.requested
-            claiming = not stopping and self.monotonic() - started < self.options.max_seconds
+            claiming = (
+                not self._stop.requested and self.monotonic() - started < self.options.max_seconds
+            )
             if claiming and not nothing_due and len(flight.pending) <= low_water:
                 now = self.clock()
                 if self._claim_batch(pool, flight, now, lease, margin, budget_end, report):
@@ -358,7 +359,7 @@ class Dispatcher:
                 nothing_due = False
                 continue
             group = self._collected(flight)
-            if stopping or self._stop.requested:
+            if self._stop.requested:  # give back what has not begun
                 group += self._unstarted(flight)
             if not group:
                 continue
