@@ -32,9 +32,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
 
+from . import rawstore
 from .config import redact_url
 from .errors import ConfigError, DatabaseError, InvalidInput, SchemaNotCurrent
-from .rawstore import PG_CONNECT_TIMEOUT, SQLITE_BUSY_TIMEOUT_MS, sqlite_pragmas
+from .rawstore import PG_CONNECT_TIMEOUT, sqlite_pragmas
 from .rawstore import SCHEMA_REVISION as SCHEMA_REVISION
 from .times import Clock, utcnow
 
@@ -162,7 +163,7 @@ def _sqlite_engine(url: URL, *, create_file: bool, read_only: bool = False) -> E
                 query["immutable"] = "1"
             url = url.set(database=uri, query=query)
     engine = create_engine(
-        url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        url, hide_parameters=True, connect_args={"timeout": rawstore.SQLITE_BUSY_TIMEOUT_MS / 1000}
     )
 
     @event.listens_for(engine, "connect")

@@ -18,8 +18,7 @@ from typing import Any, ClassVar
 import pytest
 from sqlalchemy import select, update
 
-from notifyctl import db as notifyctl_db
-from notifyctl import queries
+from notifyctl import queries, rawstore
 from notifyctl.channels.base import SendResult
 from notifyctl.channels.netguard import JsonClient
 from notifyctl.config import Settings
@@ -37,6 +36,7 @@ from notifyctl.models import (
     Status,
 )
 from notifyctl.pacing import Pacer, SharedSlots
+from notifyctl.runs import Action
 from notifyctl.service import Store, cancel, create_booking, reconcile
 from notifyctl.stopping import StopRequest
 from tests.fakes.telegram import FakeTelegram, error, migrated
@@ -44,6 +44,7 @@ from tests.support import Cli, FrozenClock
 from tests.test_dispatch import (
     TOKEN,
     attempts,
+    claim,
     dispatcher,
     remind,
     reminder,
@@ -251,7 +252,7 @@ def test_replayed_create_after_a_chat_migration_stays_unchanged(
 def test_record_waits_out_a_writer_that_holds_sqlite_past_its_busy_timeout(
     database_url: str, clock: FrozenClock, tg: FakeTelegram, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(notifyctl_db, "SQLITE_BUSY_TIMEOUT_MS", 20)
+    monkeypatch.setattr(rawstore, "SQLITE_BUSY_TIMEOUT_MS", 20)
     store = Store(make_engine(database_url, create_file=False), clock)
     remind(store, "b1", "12345")
     path = database_url.removeprefix("sqlite:///")
@@ -285,7 +286,7 @@ def test_record_waits_out_a_writer_that_holds_sqlite_past_its_busy_timeout(
 def test_pacing_reservation_is_patient_then_translated(
     database_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(notifyctl_db, "SQLITE_BUSY_TIMEOUT_MS", 20)
+    monkeypatch.setattr(rawstore, "SQLITE_BUSY_TIMEOUT_MS", 20)
     engine = make_engine(database_url, create_file=False)
     blocker = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
@@ -314,6 +315,60 @@ def test_pacing_reservation_is_patient_then_translated(
     blocker.execute("COMMIT")
     blocker.close()
     engine.dispose()
+
+
+def test_fenced_writes_of_many_shapes_apply_where_the_lease_holds(
+    store: Store, clock: FrozenClock
+) -> None:
+    for booking in ("b1", "b2", "b3"):
+        remind(store, booking)
+    sent, retried, lost = claim(store, "token-1")
+    now = clock()
+    later = now + timedelta(minutes=2)
+    writes = [
+        queries.FencedWrite(
+            sent.id,
+            "token-1",
+            {"status": Status.SENT, "sent_at": now, "updated_at": now, "sent_text": "It's <on>"},
+        ),
+        queries.FencedWrite(
+            retried.id,
+            "token-1",
+            {"status": Status.PENDING, "due_at": later, "last_error": None, "updated_at": now},
+            give_back_attempt=True,
+        ),
+        queries.FencedWrite(lost.id, "token-0", {"status": Status.SENT, "updated_at": now}),
+    ]
+    history = {
+        "notification_id": sent.id,
+        "run_id": None,
+        "started_at": now,
+        "finished_at": later,
+        "outcome": Action.SENT,
+        "http_status": 200,
+        "error": None,
+        "uncertain": True,
+    }
+
+    with store.transaction() as conn:
+        won = queries.record_outcomes(conn, writes)
+        queries.insert_attempts(conn, [history, {**history, "channel": "telegram"}])
+
+    assert won == {sent.id, retried.id}
+    by_id = {r["id"]: r for r in (reminder(store, booking=b) for b in ("b1", "b2", "b3"))}
+    assert by_id[sent.id] | {"sent_at": now, "sent_text": "It's <on>"} == by_id[sent.id]
+    assert (by_id[sent.id]["status"], by_id[sent.id]["lease_token"]) == (Status.SENT, None)
+    assert by_id[retried.id]["due_at"] == later
+    assert (by_id[retried.id]["status"], by_id[retried.id]["attempts"]) == (Status.PENDING, 0)
+    assert (by_id[lost.id]["status"], by_id[lost.id]["lease_token"]) == (Status.SENDING, "token-1")
+    rows = attempts(store, sent.id)
+    assert [(r["started_at"], r["finished_at"], r["uncertain"]) for r in rows] == [
+        (now, later, True)
+    ] * 2
+    assert [(r["outcome"], r["channel"]) for r in rows] == [
+        (Action.SENT, None),
+        (Action.SENT, "telegram"),
+    ]
 
 
 # --- 6. a missing channel configuration stops only that channel ---------------------------
