@@ -31,6 +31,7 @@ from .channels import (
     CHANNELS,
     chat_key,
     config_problems,
+    netguard,
     open_sender,
     sender,
     shown_recipient,
@@ -264,8 +265,9 @@ class Dispatcher:
                 )
         except ConfigError as e:
             report.exit_code, report.error = e.exit_code, e.message
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second signal: stop now, without the answers out
             report.exit_code = ExitCode.INTERRUPTED
+            netguard.cut_every_send()
             raise
         except BaseException as e:  # recorded as a failed run, then handled by the caller
             report.exit_code = getattr(e, "exit_code", ExitCode.INTERNAL)

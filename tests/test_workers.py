@@ -88,12 +88,13 @@ def test_workers_send_every_reminder_once_under_the_shared_rate_limit(
 
 
 def interrupted(
-    database_url: str, *signals: signal.Signals, send_deadline: int = 2
+    database_url: str, *signals: signal.Signals, send_deadline: int = 2, exit_within: int = 0
 ) -> tuple[subprocess.Popen[str], str, str]:
     """``dispatch --workers 2`` (2 claims each, one send at a time) stopped by ``signals``
-    once the command and its helper each have a send out that hangs."""
+    once the command and its helper each have a send out that hangs; it must exit within
+    ``exit_within`` seconds of them (default: its send deadline and 10 s more)."""
     with FakeTelegram(token=TOKEN) as tg:
-        tg.fail_all(hang(30))  # every send is in flight until the send deadline
+        tg.fail_all(hang(send_deadline + 30))  # every send is in flight until its deadline
         env = clean_env(
             database_url,
             NOTIFYCTL_NO_WAIT="1",
@@ -106,7 +107,7 @@ def interrupted(
             tg.wait_for(2, timeout=30)
             for signum in signals:  # Ctrl-C or `kill`: the command alone, not its group
                 os.kill(proc.pid, signum)
-            out, err = proc.communicate(timeout=send_deadline + 10)
+            out, err = proc.communicate(timeout=exit_within or send_deadline + 10)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -145,11 +146,13 @@ def test_a_second_signal_stops_at_once_without_waiting_for_answers(
 ) -> None:
     due_reminders(store, clock, 20)
 
-    proc, out, err = interrupted(database_url, signal.SIGTERM, signal.SIGINT, send_deadline=20)
+    proc, out, err = interrupted(
+        database_url, signal.SIGTERM, signal.SIGINT, send_deadline=120, exit_within=8
+    )
 
     assert (proc.returncode, out) == (130, "")
     assert "Traceback" not in err
-    # the sends still out (20 s to their deadline) were not waited for: rescued later
+    # the sends still out (120 s to their deadline) were cut, not waited for: rescued later
     assert in_status(store, Status.SENDING) >= 1
 
 

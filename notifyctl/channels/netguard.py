@@ -303,6 +303,12 @@ class _Watchdog:
                 self._heap = [entry for entry in self._heap if entry[2].active]
                 heapq.heapify(self._heap)
 
+    def expire_all(self) -> None:
+        with self._cond:
+            armed, self._heap = [entry[2] for entry in self._heap], []
+        for deadline in armed:
+            deadline.expire()
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -318,6 +324,13 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+
+
+def cut_every_send() -> None:
+    """End every send under way now, as if its deadline had passed (a run told to stop
+    at once: a thread blocked reading an answer would otherwise keep the process alive
+    until its read timeout). A send that connects after this is cut as it connects."""
+    _WATCHDOG.expire_all()
 
 
 # --- HTTP ------------------------------------------------------------------------------
