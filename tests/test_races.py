@@ -317,6 +317,9 @@ def test_pacing_reservation_is_patient_then_translated(
     engine.dispose()
 
 
+# --- the one fenced writer: each outcome applies only where its lease still holds --------
+
+
 def test_fenced_writes_of_many_shapes_apply_where_the_lease_holds(
     store: Store, clock: FrozenClock
 ) -> None:
