@@ -4,10 +4,11 @@ The first SIGINT (Ctrl-C) or SIGTERM (``kill``, ``timeout``, a stopping
 service) asks the run to stop: it claims nothing more, gives back at once
 what it has not sent (no lease to wait out: those reminders stay on time for
 the next run), records the answers of the sends already out, and exits 130.
-A second signal stops it at once; what it still had out is rescued after its
-lease, as after a crash. A ``--workers`` command passes the request on to its
-helpers, which hear SIGTERM from it only (a terminal's Ctrl-C reaches the
-whole process group, and must count once).
+A second signal stops it at once: its sends still out are cut (the run's
+``KeyboardInterrupt`` handler) and rescued after their lease, as after a
+crash. A ``--workers`` command passes the request on to its helpers, which
+hear SIGTERM from it only (a terminal's Ctrl-C reaches the whole process
+group, and must count once).
 """
 
 from __future__ import annotations
