@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -22,6 +22,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Float,
+    Integer,
     Interval,
     Select,
     and_,
@@ -639,7 +640,7 @@ def expire_useless(conn: Connection, now: datetime) -> int:
     return result.rowcount
 
 
-def _superseded(now: datetime) -> Any:
+def _superseded(now: datetime | ColumnElement[datetime]) -> Any:
     """A later reminder of the same booking and recipient (or chain) is due or already sent.
 
     Change notices are neither superseded nor supersede: each tells something new.
@@ -666,8 +667,20 @@ def superseded_among(conn: Connection, ids: Sequence[int], now: datetime) -> set
     """
     found: set[int] = set()
     for part in chunks(ids):
-        found.update(conn.scalars(select(N.id).where(N.id.in_(part), _superseded(now))))
+        found.update(conn.scalars(_superseded_ids(), {"ids": list(part), "now": now}))
     return found
+
+
+@cache
+def _superseded_ids() -> Select[int]:
+    """Built once, like the other statements a dispatch run repeats per batch.
+
+    Building a SQLAlchemy statement (``aliased``, operators, cache key) cost more
+    CPU than running it: per batch, for the hot statements, it was ~5 % of a
+    run's CPU against a fast provider (benchmarks/README.md).
+    """
+    now = bindparam("now", type_=N.due_at.type)
+    return select(N.id).where(N.id.in_(bindparam("ids", expanding=True)), _superseded(now))
 
 
 def expire_superseded(conn: Connection, now: datetime) -> int:
@@ -770,14 +783,24 @@ def claim_due(
     ``telegram:<bot>``) are left alone (this run cannot send on them:
     configuration missing or rejected).
     """
+    stmt = _claim(conn.dialect.name, tuple(sorted(set(skip_senders))))
+    params = {"now": now, "limit": limit, "token": lease_token, "expires": now + lease}
+    rows = conn.execute(stmt, params).all()
+    return sorted((DueReminder(*r) for r in rows), key=lambda r: (r.due_at, r.id))
+
+
+@lru_cache(maxsize=64)
+def _claim(dialect: str, skip_senders: tuple[str, ...]) -> Any:
+    """``claim_due``'s statement, built once per dialect and set of senders left out."""
+    now = bindparam("now", type_=N.due_at.type)
     due = (
         select(N.id)
         .where(N.status == Status.PENDING, N.due_at <= now, N.not_after > now)
+        .where(*_not_sent_by(skip_senders))
         .order_by(N.due_at, N.id)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )
-    due = due.where(*_not_sent_by(skip_senders))
-    if conn.dialect.name == "postgresql":
+    if dialect == "postgresql":
         # ``id = ANY(ARRAY(SELECT …))``: the ids are taken once (an InitPlan) and the
         # rows found by primary key. With ``id IN (SELECT …)`` PostgreSQL planned a hash
         # semi-join over a sequential scan of the whole table: a claim read every
@@ -786,19 +809,18 @@ def claim_due(
         taken = N.id == any_(func.array(due.scalar_subquery()))
     else:
         taken = N.id.in_(due.scalar_subquery())
-    rows = conn.execute(
+    return (
         update(N)
         .where(taken)
         .values(
             status=Status.SENDING,
-            lease_token=lease_token,
-            lease_expires_at=now + lease,
+            lease_token=bindparam("token", type_=N.lease_token.type),
+            lease_expires_at=bindparam("expires", type_=N.lease_expires_at.type),
             attempts=N.attempts + 1,
             updated_at=now,
         )
         .returning(*CLAIM_COLUMNS)
-    ).all()
-    return sorted((DueReminder(*r) for r in rows), key=lambda r: (r.due_at, r.id))
+    )
 
 
 #: channels whose recipients may name their sender: ``<name>/<address>`` (Telegram bots)
@@ -886,9 +908,14 @@ def bookings_by_id(conn: Connection, ids: Iterable[int]) -> dict[int, BookingRow
     unique = sorted(set(ids))
     found: dict[int, BookingRow] = {}
     for part in chunks(unique):
-        for row in conn.execute(select(*BOOKING_COLUMNS).where(B.id.in_(part))):
+        for row in conn.execute(_bookings_among(), {"ids": list(part)}):
             found[row.id] = BookingRow(*row)
     return found
+
+
+@cache
+def _bookings_among() -> Select[tuple[Any, ...]]:
+    return select(*BOOKING_COLUMNS).where(B.id.in_(bindparam("ids", expanding=True)))
 
 
 @lru_cache(maxsize=64)
@@ -951,12 +978,7 @@ def record_outcomes(conn: Connection, writes: Sequence[FencedWrite]) -> set[int]
     pairs = [(w.notification_id, w.lease_token) for w in writes]
     held: set[int] = set()
     for part in chunks(pairs):
-        rows = conn.execute(
-            select(N.id)
-            .where(N.status == Status.SENDING, tuple_(N.id, N.lease_token).in_(part))
-            .with_for_update()
-        )
-        held.update(rows.scalars())
+        held.update(conn.scalars(_held_among(), {"pairs": list(part)}))
     shapes: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
     for w in writes:
         if w.notification_id in held:
@@ -968,20 +990,36 @@ def record_outcomes(conn: Connection, writes: Sequence[FencedWrite]) -> set[int]
     return held
 
 
+@cache
+def _held_among() -> Select[int]:
+    """Of the given (id, lease token) pairs, the reminders still held (locked on PostgreSQL)."""
+    pairs = tuple_(N.id, N.lease_token).in_(bindparam("pairs", expanding=True))
+    return select(N.id).where(N.status == Status.SENDING, pairs).with_for_update()
+
+
 def held_bookings(
     conn: Connection, lease_token: str, notification_ids: Sequence[int]
 ) -> dict[int, BookingRow]:
     """Reminder id → its booking as it is now, for those this lease still holds."""
     found: dict[int, BookingRow] = {}
     for part in chunks(notification_ids):
-        rows = conn.execute(
-            select(N.id, *BOOKING_COLUMNS)
-            .join(B, B.id == N.booking_id)
-            .where(N.id.in_(part), N.status == Status.SENDING, N.lease_token == lease_token)
-        )
+        rows = conn.execute(_held_bookings(), {"ids": list(part), "token": lease_token})
         for notification_id, *booking in rows:
             found[notification_id] = BookingRow(*booking)
     return found
+
+
+@cache
+def _held_bookings() -> Select[tuple[Any, ...]]:
+    return (
+        select(N.id, *BOOKING_COLUMNS)
+        .join(B, B.id == N.booking_id)
+        .where(
+            N.id.in_(bindparam("ids", expanding=True)),
+            N.status == Status.SENDING,
+            N.lease_token == bindparam("token", type_=N.lease_token.type),
+        )
+    )
 
 
 def notice_corrections(
