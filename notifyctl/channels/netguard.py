@@ -586,6 +586,8 @@ class JsonClient:
         # no address policy: the API URL is the operator's, not an end user's
         self._manager.pool_classes_by_scheme = guarded_pool_classes(None)
         self._timeout = urllib3.Timeout
+        self._proxied = bool(proxy)
+        self._routes: dict[str, tuple[Any, str]] = {}  # url → (its pool, request target)
 
     def post_json(
         self, url: str, body: dict[str, Any], *, connect_timeout: float, read_timeout: float
@@ -594,17 +596,9 @@ class JsonClient:
         from urllib3.exceptions import HTTPError
 
         data = json.dumps(body, allow_nan=False).encode()
+        timeout = self._timeout(connect=connect_timeout, read=read_timeout)
         try:
-            response = self._manager.request(
-                "POST",
-                url,
-                body=data,
-                headers=_JSON_HEADERS,
-                timeout=self._timeout(connect=connect_timeout, read=read_timeout),
-                redirect=False,
-                retries=False,
-                preload_content=False,
-            )
+            response = self._post(url, data, timeout)
         except (HTTPError, OSError) as e:
             raise _failure(e) from e
         complete = False
@@ -616,8 +610,37 @@ class JsonClient:
             response.release_conn()
         return response.status, content
 
+    def _post(self, url: str, data: bytes, timeout: Any) -> Any:
+        """POST through the URL's pool directly, or through the manager when proxied.
+
+        The manager parses the URL and looks its pool up on every request: ~5 % of
+        dispatch's CPU per reminder against a fast provider. A proxy needs its
+        headers and, for http, the absolute URL: the manager does that.
+        """
+        options: dict[str, Any] = {
+            "body": data,
+            "headers": _JSON_HEADERS,
+            "timeout": timeout,
+            "redirect": False,
+            "retries": False,
+            "preload_content": False,
+        }
+        if self._proxied:
+            return self._manager.request("POST", url, **options)
+        route = self._routes.get(url)
+        if route is None or route[0].pool is None:  # first use, or the manager closed it
+            from urllib3.util import parse_url
+
+            route = self._routes[url] = (
+                self._manager.connection_from_url(url),
+                parse_url(url).request_uri,
+            )
+        pool, target = route
+        return pool.urlopen("POST", target, assert_same_host=False, **options)
+
     def close(self) -> None:
         self._manager.clear()
+        self._routes.clear()
 
     def __enter__(self) -> JsonClient:
         return self
