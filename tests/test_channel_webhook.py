@@ -442,6 +442,26 @@ def test_a_shared_client_is_never_used_for_end_user_urls(receiver: HttpReceiver)
         assert status == 200
 
 
+def test_the_bot_api_client_keeps_one_connection_and_closes_it_when_closed(
+    receiver: HttpReceiver,
+) -> None:
+    url = receiver.url("/bot123:abc/sendMessage?x=1")
+    client = JsonClient()
+    for n in (1, 2):
+        assert client.post_json(url, {"n": n}, connect_timeout=5, read_timeout=5)[0] == 200
+    pool = client._manager.connection_from_url(url)
+    [kept] = [c for c in pool.pool.queue if c is not None]  # both posts went over it
+    assert kept.sock is not None
+
+    client.close()  # not left to garbage collection: urllib3's manager only forgets its pools
+
+    assert kept.sock is None
+    assert [(r.path, r.json()) for r in receiver.requests] == [
+        ("/bot123:abc/sendMessage?x=1", {"n": 1}),
+        ("/bot123:abc/sendMessage?x=1", {"n": 2}),
+    ]
+
+
 # --- pure helpers ---------------------------------------------------------------------
 
 

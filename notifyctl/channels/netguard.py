@@ -628,7 +628,7 @@ class JsonClient:
         if self._proxied:
             return self._manager.request("POST", url, **options)
         route = self._routes.get(url)
-        if route is None or route[0].pool is None:  # first use, or the manager closed it
+        if route is None:
             from urllib3.util import parse_url
 
             route = self._routes[url] = (
@@ -639,8 +639,10 @@ class JsonClient:
         return pool.urlopen("POST", target, assert_same_host=False, **options)
 
     def close(self) -> None:
-        self._manager.clear()
+        for pool, _ in self._routes.values():  # the manager forgets pools, GC closes them
+            pool.close()
         self._routes.clear()
+        self._manager.clear()
 
     def __enter__(self) -> JsonClient:
         return self
